@@ -1,0 +1,60 @@
+"""Packaging for the bone age system.
+
+`pip install .` gives every package and console script; Dataflow ships the
+same packages to its workers with `--setup_file=./setup.py`.
+Extras: `test` (pytest), `dask` (DaskRunner on a local or remote cluster),
+`gcp` (Dataflow, Vertex AI, GCS), `tpu` (the TPU runtime for TPU VMs),
+`jax` (the Keras JAX backend used by the GPU step-rate benchmark).
+"""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15,<3.16",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "apache-beam>=2.77,<2.78",
+    "numpy>=1.26,<3",
+    "pandas>=2.2,<4",
+    "opencv-python-headless>=4.10",
+    "google-cloud-storage>=2.16,<4",
+    "absl-py>=2.1,<3",
+    "tensorboard>=2.21,<2.22",
+    "pydicom>=3.0,<4",
+    # Compressed DICOM transfer syntaxes (JPEG baseline/lossless, JPEG-LS).
+    "pylibjpeg>=2.0,<3",
+    "pylibjpeg-libjpeg>=2.1,<3",
+    # Evaluation plots (scatter, Bland-Altman, confusion matrix) and overlays.
+    "matplotlib>=3.8,<4",
+    # The `tfds` command line imports it (REFERENCE.md 4).
+    "mlcroissant>=1.0,<2",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
+    "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
+    "tpu": ["tensorflow-tpu>=2.21,<2.22"],
+}
+
+CONSOLE_SCRIPTS = [
+    "boneage-phantoms=bone_age.phantoms:main",
+    "boneage-preprocess=beam_pipelines.preprocess:main",
+    "boneage-train=trainer.train_main:main",
+    "boneage-evaluate=trainer.evaluate_main:main",
+    "boneage-score=batch_inference.score:main",
+    "boneage-launch=launch.cli:main",
+]
+
+setuptools.setup(
+    name="bone-age",
+    version="0.1.0",
+    description="Bone age from pediatric hand radiographs: TFDS data, tf.distribute training, Beam batch scoring.",
+    python_requires=">=3.11,<3.13",
+    packages=setuptools.find_packages(include=["bone_age*", "beam_pipelines*", "tfds_rsna*", "trainer*", "batch_inference*", "launch*"]),
+    package_data={"tfds_rsna": ["*/README.md", "*/CITATIONS.bib", "*/checksums.tsv"], "launch": ["*.sh", "*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+    license="Apache-2.0",
+)
