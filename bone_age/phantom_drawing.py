@@ -55,12 +55,15 @@ class _Ray:
 
 
 _RAYS = (
-    _Ray(160.0, 340.0, -15.0, (78.0, 52.0, 32.0, 25.0), 13.0),  # little
-    _Ray(182.0, 335.0, -6.0, (90.0, 64.0, 41.0, 27.0), 14.5),  # ring
-    _Ray(205.0, 333.0, 0.5, (96.0, 68.0, 45.0, 28.0), 15.5),  # middle
-    _Ray(229.0, 337.0, 8.0, (92.0, 62.0, 38.0, 26.0), 14.5),  # index
-    _Ray(252.0, 360.0, 40.0, (58.0, 46.0, 34.0), 16.5),  # thumb
+    _Ray(157.0, 342.0, -15.0, (78.0, 52.0, 32.0, 25.0), 17.0),  # little
+    _Ray(181.0, 336.0, -6.0, (90.0, 64.0, 41.0, 27.0), 19.0),  # ring
+    _Ray(205.0, 333.0, 0.5, (96.0, 68.0, 45.0, 28.0), 20.0),  # middle
+    _Ray(230.0, 337.0, 8.0, (92.0, 62.0, 38.0, 26.0), 19.0),  # index
+    _Ray(254.0, 362.0, 40.0, (58.0, 46.0, 34.0), 21.0),  # thumb
 )
+# The reference hand drawn larger, wrist at 74% of the height: fills the film like RSNA hands.
+_HAND_ZOOM = 1.15
+_WRIST_HEIGHT_FRACTION = 0.74
 _JOINT_GAP = 5.0  # joint space between consecutive segments, reference units
 # Maturity months at which a bone group's growth plate has fully closed.
 _FUSION_MONTHS = {"distal": 168.0, "middle": 180.0, "proximal": 188.0, "metacarpal": 196.0, "ulna": 206.0,
@@ -102,11 +105,10 @@ class _Canvas:
   """Reference-frame drawing on uint8 layers of the requested pixel size."""
 
   def __init__(self, height_px: int, width_px: int):
-    self.unit_px = min(height_px / REFERENCE_HEIGHT, width_px / REFERENCE_WIDTH)
-    self.origin = np.array([width_px / 2.0, height_px / 2.0])
-    # Hand frame is anchored at the wrist so growth lengthens the fingers upwards.
-    self.anchor = np.array([REFERENCE_WIDTH / 2.0, 380.0])
-    self.centre_shift = np.array([0.0, 380.0 - REFERENCE_HEIGHT / 2.0]) * self.unit_px
+    self.unit_px = min(height_px / REFERENCE_HEIGHT, width_px / REFERENCE_WIDTH) * _HAND_ZOOM
+    # The wrist is pinned to one place on the film, so growth lengthens the fingers upwards.
+    self.origin = np.array([width_px / 2.0, height_px * _WRIST_HEIGHT_FRACTION])
+    self.anchor = np.array([REFERENCE_WIDTH / 2.0, 390.0])
     shape = (height_px, width_px)
     self.tissue = np.zeros(shape, np.uint8)
     self.bone = np.zeros(shape, np.uint8)
@@ -114,7 +116,7 @@ class _Canvas:
 
   def px(self, point) -> np.ndarray:
     """Reference units -> pixel coordinates (float)."""
-    return self.origin + self.centre_shift + (np.asarray(point, float) - self.anchor) * self.unit_px
+    return self.origin + (np.asarray(point, float) - self.anchor) * self.unit_px
 
   def fixed(self, point) -> tuple[int, int]:
     """Pixel coordinates in cv2's 4-bit fixed point (shift=4), for sub-pixel drawing."""
@@ -189,10 +191,10 @@ def _bone_with_plate(canvas: _Canvas, start, direction, length, width, maturity,
 
 def _draw_soft_tissue(canvas: _Canvas, rays_geometry):
   """Hand silhouette: forearm, palm and finger capsules of soft tissue."""
-  canvas.polygon(canvas.tissue, [(128, 560), (272, 560), (275, 405), (286, 372), (272, 330), (150, 322), (135, 372),
-                                 (138, 410)], 255)
+  canvas.polygon(canvas.tissue, [(122, 760), (278, 760), (280, 425), (292, 385), (284, 338), (258, 318), (150, 318),
+                                 (134, 334), (128, 385), (132, 425)], 255)
   for base, tip, width in rays_geometry:
-    canvas.capsule(canvas.tissue, base, tip, width * 2.0, 255)
+    canvas.capsule(canvas.tissue, base, tip, width * 1.7, 255)
 
 
 def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: int):
@@ -234,8 +236,8 @@ def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: in
 
   _draw_soft_tissue(canvas, rays_geometry)
   forearm_width = width_scale
-  _bone_with_plate(canvas, (238.0, 590.0), _unit(-1.0), 178.0, 40.0 * forearm_width, maturity, "radius", False)
-  _bone_with_plate(canvas, (166.0, 590.0), _unit(2.0), 168.0, 27.0 * forearm_width, maturity, "ulna", False)
+  _bone_with_plate(canvas, (236.0, 760.0), _unit(-1.0), 345.0, 46.0 * forearm_width, maturity, "radius", False)
+  _bone_with_plate(canvas, (167.0, 760.0), _unit(2.0), 335.0, 32.0 * forearm_width, maturity, "ulna", False)
   for start, direction, length, width, name, plate_at_start in segments:
     _bone_with_plate(canvas, start, direction, length, width, maturity, name, plate_at_start)
   for _, cx, cy, rx, ry, appears in _CARPALS:

@@ -41,7 +41,8 @@ _MALE_FRACTION = 0.54
 # Drawing above this size costs time without adding information: larger
 # phantoms are drawn at this size and upsampled (like a detector's blur).
 _MAX_DRAW_PX = 640
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# Fast zlib level with the "up" filter: ~2x faster than the default filters at a smaller size.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 # Independent random streams derived from the user's seed.
 _LABEL_STREAM, _IMAGE_STREAM, _DICOM_STREAM = 1, 2, 3
 _CHRONOLOGICAL_SD_MONTHS = 12.0  # |BA - CA| in healthy children is mostly within 2 SD ~ 2 years
@@ -135,7 +136,8 @@ def render_phantom(boneage_months: float, male: bool, seed: int, *, height_px: i
   image = background + tissue_f * (tissue_level / 255.0) + bone_f * (bone_level / 255.0)
 
   pose = _random_pose(rng, draw_h, draw_w)
-  image = cv2.warpAffine(image, pose, (draw_w, draw_h), flags=cv2.INTER_LINEAR, borderValue=float(background))
+  # Replicating the border keeps the forearm running off the film whatever the pose.
+  image = cv2.warpAffine(image, pose, (draw_w, draw_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
   mask = cv2.warpAffine(mask_u8, pose, (draw_w, draw_h), flags=cv2.INTER_NEAREST) >= 128
 
   # Detector and exposure: heel-effect gradient, gain and gamma.
