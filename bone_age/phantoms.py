@@ -47,6 +47,7 @@ _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRI
 _LABEL_STREAM, _IMAGE_STREAM, _DICOM_STREAM = 1, 2, 3
 _CHRONOLOGICAL_SD_MONTHS = 12.0  # |BA - CA| in healthy children is mostly within 2 SD ~ 2 years
 _DAYS_PER_MONTH = 365.25 / 12.0
+_MAX_12_BIT = 4095
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,19 +177,33 @@ def sample_labels(num_images: int, seed: int, *, first_id: int = 1) -> list[tupl
   return [(str(first_id + i), float(a), bool(m)) for i, (a, m) in enumerate(zip(ages, males))]
 
 
-def _dicom_bytes(pixels: np.ndarray, example_id: str, boneage_months: float, male: bool, rng) -> bytes:
-  """The phantom as a 12-bit DICOM with sex and dates so that CA ~ BA."""
+def _dicom_bytes(pixels: np.ndarray, example_id: str, boneage_months: float, male: bool, inverted: bool,
+                 rng) -> bytes:
+  """The phantom as a 12-bit DICOM with sex and dates so that CA ~ BA.
+
+  inverted writes MONOCHROME1 (stored high = dark), as many CR detectors do,
+  so readers must invert it to get the same picture back.
+  """
   from bone_age import dicom  # pylint: disable=g-import-not-at-top  (pydicom only when DICOM is asked for)
 
   study_date = datetime.date(2019, 1, 1) + datetime.timedelta(days=int(rng.integers(0, 730)))
   chronological_months = max(1.0, boneage_months + rng.normal(0.0, _CHRONOLOGICAL_SD_MONTHS))
   birth_date = study_date - datetime.timedelta(days=int(round(chronological_months * _DAYS_PER_MONTH)))
-  return dicom.encode_dicom(pixels.astype(np.uint16) * 16, bits_stored=12, sex="M" if male else "F",
-                            birth_date=birth_date, study_date=study_date, patient_name=f"PHANTOM^CASE {example_id}")
+  stored = pixels.astype(np.uint16) * 16  # 8-bit grey levels spread over 12 bits
+  if inverted:
+    stored = _MAX_12_BIT - stored
+  return dicom.encode_dicom(stored, photometric="MONOCHROME1" if inverted else "MONOCHROME2", bits_stored=12,
+                            sex="M" if male else "F", birth_date=birth_date, study_date=study_date,
+                            patient_name=f"PHANTOM^CASE {example_id}")
 
 
 def _is_dicom(image_format: str, index: int) -> bool:
   return image_format == "dicom" or (image_format == "mixed" and index % 2 == 1)
+
+
+def _is_monochrome1(index: int) -> bool:
+  """Every fourth image (by index) of a DICOM-writing set is stored inverted."""
+  return index % 4 == 3
 
 
 def write_dataset(output_dir, num_images: int, seed: int, *, height_px: int = 520, width_px: int = 400,
@@ -198,6 +213,9 @@ def write_dataset(output_dir, num_images: int, seed: int, *, height_px: int = 52
   Layout: output_dir/labels.csv (id,boneage,male; male as True/False),
   output_dir/images/<id>.png or <id>.dcm, output_dir/masks/<id>.png (age
   signal mask, 0/255). With image_format "mixed" every second image is DICOM.
+  DICOM files are 12-bit with PatientSex, PatientBirthDate and StudyDate
+  (chronological age = bone age + N(0, 12) months) and a PatientName; every
+  fourth image (index 3, 7, ...) is stored MONOCHROME1.
 
   Returns:
     output_dir as a pathlib.Path.
@@ -212,7 +230,7 @@ def write_dataset(output_dir, num_images: int, seed: int, *, height_px: int = 52
     phantom = render_phantom(boneage_months, male, image_seed(seed, index), height_px=height_px, width_px=width_px)
     if _is_dicom(image_format, index):
       rng = np.random.default_rng(np.random.SeedSequence([seed, _DICOM_STREAM, index]))
-      data = _dicom_bytes(phantom.image, example_id, boneage_months, male, rng)
+      data = _dicom_bytes(phantom.image, example_id, boneage_months, male, _is_monochrome1(index), rng)
       (out / IMAGES_DIR / f"{example_id}.dcm").write_bytes(data)
     else:
       _write_png(out / IMAGES_DIR / f"{example_id}.png", phantom.image)
