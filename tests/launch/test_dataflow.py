@@ -1,0 +1,116 @@
+"""boneage-launch dataflow-preprocess / dataflow-score: the printed commands parse and carry Dataflow's options."""
+
+import shlex
+
+import pytest
+
+from launch import cli
+
+PLACEMENT = ["--project=bone-proj", "--region=europe-west4", "--temp_location=gs://bone-bucket/tmp"]
+
+
+def _dry_run(capsys, argv: list[str]) -> list[str]:
+  assert cli.main([*argv, "--dry_run"]) == 0
+  out = capsys.readouterr().out.strip()
+  assert "\n" not in out, "a command is printed on one line"
+  return shlex.split(out)
+
+
+def _flags(argv: list[str]) -> dict[str, list[str]]:
+  flags = {}
+  for arg in argv[1:]:
+    name, _, value = arg.partition("=")
+    flags.setdefault(name, []).append(value)
+  return flags
+
+
+def test_preprocess_command_carries_dataflow_options(capsys):
+  argv = _dry_run(capsys, ["dataflow-preprocess", *PLACEMENT, "--manual_dir=gs://bone-bucket/rsna",
+                           "--data_dir=gs://bone-bucket/tfds", "--config=512px",
+                           "--rejects=gs://bone-bucket/rejects.jsonl", "--max_num_workers=32",
+                           "--machine_type=n2-highmem-8", "--experiments=use_runner_v2",
+                           "--experiments=no_use_multiple_sdk_containers", "--job_name=boneage-build-512"])
+  assert argv[0] == "boneage-preprocess"
+  flags = _flags(argv)
+  assert flags["--runner"] == ["DataflowRunner"]
+  assert flags["--manual_dir"] == ["gs://bone-bucket/rsna"]
+  assert flags["--data_dir"] == ["gs://bone-bucket/tfds"]
+  assert flags["--config"] == ["512px"]
+  assert flags["--rejects"] == ["gs://bone-bucket/rejects.jsonl"]
+  assert flags["--setup_file"] == ["./setup.py"]
+  assert flags["--staging_location"] == ["gs://bone-bucket/staging"]
+  assert flags["--experiments"] == ["use_runner_v2", "no_use_multiple_sdk_containers"]
+  assert "--sdk_container_image" not in flags
+
+
+def test_beam_reads_the_printed_options(capsys):
+  """The options are real Beam flags: PipelineOptions parses them to the intended values."""
+  from apache_beam.options import pipeline_options as po  # pylint: disable=g-import-not-at-top
+  argv = _dry_run(capsys, ["dataflow-preprocess", *PLACEMENT, "--manual_dir=gs://bone-bucket/rsna",
+                           "--data_dir=gs://bone-bucket/tfds", "--max_num_workers=16", "--num_workers=2",
+                           "--experiments=use_runner_v2", "--no_use_public_ips"])
+  options = po.PipelineOptions(argv[1:])
+  cloud = options.view_as(po.GoogleCloudOptions)
+  assert (cloud.project, cloud.region) == ("bone-proj", "europe-west4")
+  assert cloud.temp_location == "gs://bone-bucket/tmp"
+  assert cloud.staging_location == "gs://bone-bucket/staging"
+  assert options.view_as(po.StandardOptions).runner == "DataflowRunner"
+  assert options.view_as(po.SetupOptions).setup_file == "./setup.py"
+  workers = options.view_as(po.WorkerOptions)
+  assert (workers.machine_type, workers.num_workers, workers.max_num_workers) == ("n1-highmem-4", 2, 16)
+  assert workers.use_public_ips is False
+  assert options.view_as(po.DebugOptions).experiments == ["use_runner_v2"]
+
+
+def test_score_command_with_gpu_workers_uses_the_container_image(capsys):
+  argv = _dry_run(capsys, ["dataflow-score", *PLACEMENT, "--model_dir=gs://bone-bucket/models/run1/export",
+                           "--inputs=gs://bone-bucket/in/*.dcm,gs://bone-bucket/in/*.png",
+                           "--output_dir=gs://bone-bucket/scores", "--gradcam=true", "--unknown_sex=reject",
+                           "--sdk_container_image=europe-docker.pkg.dev/bone-proj/boneage/worker:1",
+                           "--worker_accelerator=nvidia-l4", "--max_num_workers=4"])
+  assert argv[0] == "boneage-score"
+  flags = _flags(argv)
+  assert flags["--runner"] == ["DataflowRunner"]
+  assert flags["--inputs"] == ["gs://bone-bucket/in/*.dcm,gs://bone-bucket/in/*.png"]
+  assert flags["--gradcam"] == ["true"]
+  assert flags["--unknown_sex"] == ["reject"]
+  assert flags["--sdk_container_image"] == ["europe-docker.pkg.dev/bone-proj/boneage/worker:1"]
+  assert "--setup_file" not in flags, "a prebuilt image already holds the package"
+  assert flags["--dataflow_service_options"] == ["worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+
+
+def test_score_command_on_cpu_workers_ships_setup_py(capsys):
+  flags = _flags(_dry_run(capsys, ["dataflow-score", *PLACEMENT, "--model_dir=gs://b/m",
+                                   "--inputs=gs://b/in/*.png", "--output_dir=gs://b/out"]))
+  assert flags["--setup_file"] == ["./setup.py"]
+  assert "--gradcam" not in flags and "--dataflow_service_options" not in flags
+
+
+@pytest.mark.parametrize("target, argv, message", [
+    ("dataflow-preprocess", ["--region=r", "--temp_location=gs://b/t", "--manual_dir=gs://b/m", "--data_dir=gs://b/d"],
+     "--project is required"),
+    ("dataflow-preprocess", ["--project=p", "--temp_location=gs://b/t", "--manual_dir=gs://b/m", "--data_dir=gs://b/d"],
+     "--region is required"),
+    ("dataflow-preprocess", ["--project=p", "--region=r", "--manual_dir=gs://b/m", "--data_dir=gs://b/d"],
+     "--temp_location is required"),
+    ("dataflow-preprocess", ["--project=p", "--region=r", "--temp_location=/tmp/x", "--manual_dir=gs://b/m",
+                             "--data_dir=gs://b/d"], "--temp_location must be a gs:// URI"),
+    ("dataflow-preprocess", [*PLACEMENT, "--manual_dir=/home/me/rsna", "--data_dir=gs://b/d"],
+     "--manual_dir must be a gs:// URI"),
+    ("dataflow-preprocess", [*PLACEMENT, "--manual_dir=gs://b/m", "--data_dir=gs://b/d", "--job_name=Bone_Age"],
+     "--job_name must be lowercase"),
+    ("dataflow-preprocess", [*PLACEMENT, "--manual_dir=gs://b/m", "--data_dir=gs://b/d", "--num_workers=20",
+                             "--max_num_workers=5"], "exceeds --max_num_workers"),
+    ("dataflow-score", [*PLACEMENT, "--inputs=gs://b/*.png", "--output_dir=gs://b/o"], "--model_dir is required"),
+    ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png,./local/*.png",
+                        "--output_dir=gs://b/o"], "--inputs must be a gs:// URI"),
+    ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
+                        "--worker_accelerator=nvidia-l4"], "--worker_accelerator needs --sdk_container_image"),
+])
+def test_missing_or_unusable_parameters_fail_with_the_flag_named(capsys, target, argv, message):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main([target, *argv, "--dry_run"])
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert message in captured.err
+  assert captured.out == "", "nothing is printed as a command when the parameters are wrong"

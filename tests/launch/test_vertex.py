@@ -1,0 +1,159 @@
+"""boneage-launch vertex-train: the printed CustomJobSpec and gcloud command for each mode."""
+
+import json
+import shlex
+
+import pytest
+import yaml
+
+from launch import cli
+from launch import vertex
+
+JOB = ["--project=bone-proj", "--region=us-central1",
+       "--image_uri=us-central1-docker.pkg.dev/bone-proj/boneage/trainer:1",
+       "--data_dir=gs://bone-bucket/tfds", "--model_dir=gs://bone-bucket/models/run1", "--experiment=xception_384"]
+
+
+def _dry_run(capsys, argv: list[str]) -> tuple[dict, list[str]]:
+  """Returns (spec, gcloud argv) from the dry-run output: the JSON spec, then the command line."""
+  assert cli.main(["vertex-train", *JOB, *argv, "--dry_run"]) == 0
+  out = capsys.readouterr().out
+  spec, end = json.JSONDecoder().raw_decode(out)
+  # gcloud reads --config as YAML; the printed JSON is the same document.
+  assert yaml.safe_load(out[:end]) == spec
+  command_lines = out[end:].strip().splitlines()
+  assert len(command_lines) == 1
+  return spec, shlex.split(command_lines[0])
+
+
+def _keys(value):
+  if isinstance(value, dict):
+    for key, item in value.items():
+      yield key
+      yield from _keys(item)
+  elif isinstance(value, list):
+    for item in value:
+      yield from _keys(item)
+
+
+def _check_common(spec: dict, gcloud: list[str]) -> None:
+  assert gcloud[:4] == ["gcloud", "ai", "custom-jobs", "create"]
+  assert "--project=bone-proj" in gcloud and "--region=us-central1" in gcloud
+  assert "--config=vertex_custom_job.yaml" in gcloud
+  assert any(arg.startswith("--display-name=") for arg in gcloud)
+  assert not [key for key in _keys(spec) if "_" in key], "gcloud --config rejects keys with underscores"
+  for pool in spec["workerPoolSpecs"]:
+    container = pool["containerSpec"]
+    assert container["imageUri"] == "us-central1-docker.pkg.dev/bone-proj/boneage/trainer:1"
+    assert container["command"] == ["boneage-train"]
+    assert "--data_dir=gs://bone-bucket/tfds" in container["args"]
+    assert "--model_dir=gs://bone-bucket/models/run1" in container["args"]
+    assert "--experiment=xception_384" in container["args"]
+    assert pool["machineSpec"]["machineType"]
+
+
+def test_single_gpu(capsys):
+  spec, gcloud = _dry_run(capsys, ["--mode=single_gpu", "--config_override=train.epochs=20"])
+  _check_common(spec, gcloud)
+  (pool,) = spec["workerPoolSpecs"]
+  assert pool["replicaCount"] == 1
+  assert pool["machineSpec"] == {"machineType": "g2-standard-8", "acceleratorType": "NVIDIA_L4",
+                                 "acceleratorCount": 1}
+  args = pool["containerSpec"]["args"]
+  assert "--strategy=default" in args and "--precision=mixed_float16" in args
+  assert "--config_override=train.epochs=20" in args
+  assert not any(arg.startswith("--tpu") for arg in args)
+
+
+def test_multi_gpu_mirrors_over_the_gpus_of_one_machine(capsys):
+  spec, gcloud = _dry_run(capsys, ["--mode=multi_gpu", "--machine_type=a2-highgpu-4g",
+                                   "--accelerator_type=NVIDIA_TESLA_A100", "--accelerator_count=4",
+                                   "--precision=mixed_bfloat16", "--display_name=boneage-a100"])
+  _check_common(spec, gcloud)
+  assert "--display-name=boneage-a100" in gcloud
+  (pool,) = spec["workerPoolSpecs"]
+  assert pool["replicaCount"] == 1
+  assert pool["machineSpec"] == {"machineType": "a2-highgpu-4g", "acceleratorType": "NVIDIA_TESLA_A100",
+                                 "acceleratorCount": 4}
+  assert "--strategy=mirrored" in pool["containerSpec"]["args"]
+  assert "--precision=mixed_bfloat16" in pool["containerSpec"]["args"]
+
+
+def test_multi_worker_pools_form_a_tf_config_cluster(capsys):
+  """Pool 0 is the single chief and pool 1 the other workers: Vertex AI's TF_CONFIG for MWMS."""
+  spec, gcloud = _dry_run(capsys, ["--mode=multi_worker", "--replica_count=4"])
+  _check_common(spec, gcloud)
+  chief, workers = spec["workerPoolSpecs"]
+  assert chief["replicaCount"] == 1 and workers["replicaCount"] == 3
+  # Every replica runs the same program on the same machine; only its TF_CONFIG task differs.
+  assert chief["machineSpec"] == workers["machineSpec"]
+  assert chief["containerSpec"] == workers["containerSpec"]
+  assert "--strategy=multi_worker" in chief["containerSpec"]["args"]
+  # No parameter-server (pool 2) or evaluator (pool 3) tasks: MWMS all-reduces among chief + workers.
+  assert len(spec["workerPoolSpecs"]) == 2
+
+
+def test_tpu_v5e(capsys):
+  spec, gcloud = _dry_run(capsys, ["--mode=tpu"])
+  _check_common(spec, gcloud)
+  (pool,) = spec["workerPoolSpecs"]
+  assert pool["machineSpec"] == {"machineType": "ct5lp-hightpu-4t", "tpuTopology": "2x2"}
+  assert pool["replicaCount"] == 1
+  args = pool["containerSpec"]["args"]
+  assert "--strategy=tpu" in args and "--tpu=local" in args and "--precision=mixed_bfloat16" in args
+
+
+def test_tpu_v3_host(capsys):
+  spec, _ = _dry_run(capsys, ["--mode=tpu", "--machine_type=cloud-tpu", "--accelerator_type=TPU_V3"])
+  assert spec["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "cloud-tpu", "acceleratorType": "TPU_V3",
+                                                       "acceleratorCount": 8}
+
+
+def test_sdk_dicts_use_the_proto_field_names():
+  job = vertex.VertexTrainJob(mode="multi_worker", image_uri="img", data_dir="gs://b/d", model_dir="gs://b/m",
+                              experiment="e", replica_count=2, service_account="sa@p.iam.gserviceaccount.com")
+  spec = vertex.custom_job_spec(job)
+  assert spec["serviceAccount"] == "sa@p.iam.gserviceaccount.com"
+  pools = vertex.to_sdk_dicts(spec["workerPoolSpecs"])
+  assert pools[0]["machine_spec"] == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
+                                      "accelerator_count": 1}
+  assert pools[1]["replica_count"] == 1
+  assert pools[0]["container_spec"]["image_uri"] == "img"
+
+
+def test_submit_without_the_sdk_names_the_gcp_extra(capsys):
+  try:
+    import google.cloud.aiplatform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    pytest.skip("google-cloud-aiplatform is installed: --submit would contact Vertex AI")
+  except ImportError:
+    pass
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["vertex-train", *JOB, "--submit", "--staging_bucket=gs://bone-bucket"])
+  assert exit_info.value.code == 2
+  assert "pip install '.[gcp]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--project=p", "--region=r", "--data_dir=gs://b/d", "--model_dir=gs://b/m", "--experiment=e"],
+     "--image_uri is required"),
+    (["--project=p", "--region=r", "--image_uri=i", "--data_dir=gs://b/d", "--model_dir=./models",
+      "--experiment=e"], "--model_dir must be a gs:// URI or a /gcs/ FUSE path"),
+    (["--region=r", "--image_uri=i", "--data_dir=gs://b/d", "--model_dir=gs://b/m", "--experiment=e"],
+     "--project is required"),
+    ([*JOB, "--mode=multi_gpu", "--machine_type=n1-standard-8", "--accelerator_type=NVIDIA_TESLA_T4",
+      "--accelerator_count=1"], "--accelerator_count must be at least 2"),
+    ([*JOB, "--mode=multi_worker", "--replica_count=1"], "needs --replica_count of at least 2"),
+    ([*JOB, "--mode=single_gpu", "--replica_count=3"], "--replica_count must be 1"),
+    ([*JOB, "--mode=single_gpu", "--accelerator_count=2"], "g2-standard-8 has exactly 1 L4 GPU"),
+    ([*JOB, "--mode=single_gpu", "--accelerator_type=TPU_V3"], "must be an NVIDIA_* GPU type"),
+    ([*JOB, "--mode=tpu", "--tpu_topology=4x4"], "would span several hosts"),
+    ([*JOB, "--mode=tpu", "--machine_type=n1-standard-8"], "ct5lp-hightpu-1t/4t/8t"),
+    ([*JOB, "--config_override=epochs"], "--config_override must be key=value"),
+])
+def test_unusable_parameters_fail_with_the_flag_named(capsys, argv, message):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["vertex-train", *argv, "--dry_run"])
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert message in captured.err
+  assert captured.out == ""
