@@ -28,6 +28,9 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8,<4",
     # The `tfds` command line imports it (REFERENCE.md 4).
     "mlcroissant>=1.0,<2",
+    # TFDS 4.9.10 resolves a builder's code path through it on Python >= 3.9
+    # but declares it only for < 3.9 (etils[epath] normally brings it).
+    "importlib_resources>=6",
 ]
 
 EXTRAS_REQUIRE = {
