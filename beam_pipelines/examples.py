@@ -1,0 +1,171 @@
+"""Labeled image records -> TFDS examples, with rejects and counters.
+
+`BuildExamples` is the one Beam stage of the dataset build: it reads each
+labeled image, decodes, validates and letterboxes it (`transforms`), encodes
+the square as PNG and emits `(split, (key, example))`. Rejected inputs from
+the workers and rejected label rows from the launcher meet in one rejects
+file. Reading and decoding happen in the same fused step as the record, so
+image bytes never cross a shuffle.
+"""
+
+import dataclasses
+
+import apache_beam as beam
+
+from bone_age import imaging
+from bone_age import schema
+from beam_pipelines import rejects
+from beam_pipelines import transforms
+
+EXAMPLES_TAG = "examples"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  """One labeled image to turn into an example.
+
+  Attributes:
+    id: Example id (label-table id, image file stem).
+    path: Image file, or None when the table names an id without a file.
+    boneage_months: Label, months.
+    male: True for boys.
+    age_group: Index over the dataset's age-group edges.
+    split: Split the example belongs to.
+  """
+  id: str
+  path: str | None
+  boneage_months: float
+  male: bool
+  age_group: int
+  split: str
+
+
+class RecordToExampleFn(beam.DoFn):
+  """ImageRecord -> (split, (id, example dict)), or a reject.
+
+  Composes ReadBytesFn and DecodeLetterboxFn (the scorer's exact decode path)
+  in one step, so the record's labels travel with its pixels without a join.
+  """
+
+  def __init__(self, size_px: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
+    super().__init__()
+    self._size_px = int(size_px)
+    self._read = transforms.ReadBytesFn()
+    self._decode = transforms.DecodeLetterboxFn(size_px, max_pixels=max_pixels)
+
+  def setup(self):
+    import cv2  # pylint: disable=g-import-not-at-top
+    self._cv2 = cv2
+    self._read.setup()
+    self._decode.setup()
+
+  def process(self, record: ImageRecord):
+    for read in self._read.process((record.id, record.path)):
+      if isinstance(read, beam.pvalue.TaggedOutput):
+        yield read
+        continue
+      for prepared in self._decode.process(read):
+        if isinstance(prepared, beam.pvalue.TaggedOutput):
+          yield prepared
+          continue
+        beam.metrics.Metrics.counter(rejects.COUNTER_NAMESPACE, f"examples_{record.split}").inc()
+        yield record.split, (record.id, self._example(record, prepared))
+
+  def _example(self, record: ImageRecord, prepared: transforms.PreparedImage) -> dict:
+    # PNG-encode here with OpenCV (fast, no TF graph per worker); the TFDS
+    # Image feature stores encoded bytes as they are.
+    ok, png = self._cv2.imencode(".png", prepared.image, [self._cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+      raise RuntimeError(f"PNG encoding failed for {record.id}")  # not an input problem
+    return {
+        schema.IMAGE: png.tobytes(),
+        schema.BONEAGE_MONTHS: float(record.boneage_months),
+        schema.MALE: int(record.male),
+        schema.AGE_GROUP: int(record.age_group),
+        schema.ID: record.id,
+        schema.ORIGINAL_HEIGHT_PX: int(prepared.transform.source_height_px),
+        schema.ORIGINAL_WIDTH_PX: int(prepared.transform.source_width_px),
+    }
+
+
+class BuildExamples(beam.PTransform):
+  """PBegin -> PCollection[(split, (key, example))]; writes the rejects file(s).
+
+  Args:
+    records: Labeled images (label rows already validated).
+    label_rejects: (InputError, id) for the label rows refused by the launcher.
+    size_px: Side of the letterboxed square.
+    rejects_paths: Files to write the JSON-lines rejects to (each replaced).
+    max_pixels: Decompression-bomb guard.
+  """
+
+  def __init__(self, records, label_rejects, size_px: int, rejects_paths=(),
+               max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
+    super().__init__()
+    self._records = list(records)
+    self._label_rejects = list(label_rejects)
+    self._size_px = size_px
+    self._rejects_paths = list(rejects_paths)
+    self._max_pixels = max_pixels
+
+  def expand(self, pbegin):
+    outputs = (
+        pbegin
+        | "CreateRecords" >> beam.Create(self._records)
+        # Spread records over workers: Create alone may hand all to one.
+        | "Spread" >> beam.Reshuffle()
+        | "ReadDecodeLetterbox" >> beam.ParDo(RecordToExampleFn(self._size_px, self._max_pixels)).with_outputs(
+            rejects.REJECTS_TAG, main=EXAMPLES_TAG))
+    label_rejects = (
+        pbegin
+        | "CreateLabelRejects" >> beam.Create(self._label_rejects)
+        | "CountLabelRejects" >> beam.ParDo(rejects.EmitRejectsFn()).with_outputs(rejects.REJECTS_TAG, main="unused"))
+    all_rejects = ((outputs[rejects.REJECTS_TAG], label_rejects[rejects.REJECTS_TAG])
+                   | "FlattenRejects" >> beam.Flatten())
+    for i, path in enumerate(self._rejects_paths):
+      _ = all_rejects | f"WriteRejects{i}" >> rejects.WriteJsonLines(path)
+    return outputs[EXAMPLES_TAG]
+
+
+def _in_split(item, split: str) -> bool:
+  return item[0] == split
+
+
+def _drop_split(item):
+  return item[1]
+
+
+class SelectSplit(beam.PTransform):
+  """The examples of one split, as TFDS expects from `_generate_examples`.
+
+  TFDS applies each split's PTransform to the pipeline root; the examples of
+  all splits come from one shared `BuildExamples` stage, so this ignores its
+  input and filters the shared collection.
+  """
+
+  def __init__(self, examples, split: str):
+    super().__init__()
+    self._examples = examples
+    self._split = split
+
+  def expand(self, unused_pbegin):
+    return (self._examples
+            | "Filter" >> beam.Filter(_in_split, split=self._split)
+            | "DropSplit" >> beam.Map(_drop_split))
+
+
+def counter_totals(pipeline_result) -> dict[str, int]:
+  """Sums the job's `boneage` counters by name (committed, else attempted)."""
+  from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
+  totals: dict[str, int] = {}
+  query = pipeline_result.metrics().query(MetricsFilter().with_namespace(rejects.COUNTER_NAMESPACE))
+  for counter in query["counters"]:
+    value = counter.committed if counter.committed is not None else counter.attempted
+    totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+  return totals
+
+
+def rejected_by_reason(totals: dict[str, int]) -> dict[str, int]:
+  """{reason: count} from `counter_totals`."""
+  prefix = rejects.REJECTED_COUNTER_PREFIX
+  return {name[len(prefix):]: n for name, n in sorted(totals.items()) if name.startswith(prefix) and n}

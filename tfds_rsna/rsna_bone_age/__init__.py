@@ -1,0 +1,1 @@
+"""rsna_bone_age dataset."""

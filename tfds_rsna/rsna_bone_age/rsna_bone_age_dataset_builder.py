@@ -1,0 +1,162 @@
+"""rsna_bone_age: RSNA Pediatric Bone Age radiographs, letterboxed, with labels.
+
+A Beam-based TFDS builder over a manually downloaded `manual_dir` in one of
+three layouts (see `layouts`). The launcher reads and validates the label
+tables, fixes the splits (official ones, or a stable hashed stratified split)
+and the age-group edges (quantiles of the TRAINING labels, stored in the
+metadata so trainer and scorer use exactly the same groups); one Beam stage
+then decodes, validates and letterboxes every image. Every refused input is
+listed in `rejects.jsonl` beside the dataset files and counted per reason in
+`info.metadata["rejected"]`.
+"""
+
+import dataclasses
+import logging
+
+import tensorflow_datasets as tfds
+
+from bone_age import age_groups
+from bone_age import imaging
+from bone_age import schema
+from beam_pipelines import examples as examples_lib
+from tfds_rsna.rsna_bone_age import layouts
+from tfds_rsna.rsna_bone_age import splits as splits_lib
+
+REJECTS_FILE = "rejects.jsonl"
+EDGES_KEY = "age_group_edges_months"
+
+
+@dataclasses.dataclass(eq=False)
+class RsnaBoneAgeConfig(tfds.core.BuilderConfig):
+  """One resolution of the dataset.
+
+  Attributes:
+    image_size_px: Side of the letterboxed square image.
+    num_age_groups: Quantile bins of the training labels (ClassLabel size).
+    validation_fraction: Share of validation examples when the layout has
+      no official splits.
+    test_fraction: Share of test examples likewise.
+    max_pixels: Images whose header claims more pixels are rejected as bombs.
+  """
+  image_size_px: int = schema.DEFAULT_IMAGE_SIZE_PX
+  num_age_groups: int = age_groups.DEFAULT_NUM_GROUPS
+  validation_fraction: float = 0.15
+  test_fraction: float = 0.15
+  max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+
+
+def _resolution_config(size_px: int) -> RsnaBoneAgeConfig:
+  return RsnaBoneAgeConfig(
+      name=f"{size_px}px", image_size_px=size_px,
+      description=f"{size_px}x{size_px}x1 uint8, aspect ratio kept (black letterbox), "
+                  f"{age_groups.DEFAULT_NUM_GROUPS} age groups, 15%/15% validation/test when not official.")
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """DatasetBuilder for rsna_bone_age."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: letterboxed images, stable splits, rejects file."}
+  BUILDER_CONFIGS = [_resolution_config(384), _resolution_config(512), _resolution_config(128)]
+  DEFAULT_CONFIG_NAME = "384px"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  The RSNA images cannot be downloaded automatically (they need an account and
+  acceptance of the terms). Put ONE of these layouts in `manual_dir`
+  (`--manual_dir=DIR`; default `<data_dir>/downloads/manual/`):
+
+  1. Kaggle (https://www.kaggle.com/datasets/kmader/rsna-bone-age): unzip so
+     that manual_dir holds `boneage-training-dataset.csv` (id,boneage,male)
+     and the folder `boneage-training-dataset/` of `<id>.png`. The unlabeled
+     `boneage-test-dataset.csv` + `boneage-test-dataset/` may stay: they are
+     counted but not built (no labels). Splits: stable hashed, stratified.
+  2. Official RSNA (https://www.rsna.org/rsnai/ai-image-challenge/rsna-pediatric-bone-age-challenge-2017):
+     manual_dir holds `train.csv` (id,boneage,male), `Validation.csv`
+     (Image ID,male,Bone Age (months)) and `test.csv` (Case ID,Sex,Ground
+     truth bone age (months)) next to the unzipped image folders (any folder
+     names: images are found by file stem below manual_dir). Splits: official.
+  3. Generic (a hospital export, `boneage-phantoms` output): `labels.csv`
+     (id,boneage,male) and `images/<id>.<png|jpg|jpeg|dcm>` (or DICOM files
+     without extension). Splits: stable hashed, stratified.
+  """
+
+  def __init__(self, *, rejects_path: str | None = None, **kwargs):
+    """Args: rejects_path: extra copy of the rejects file (e.g. `--rejects`)."""
+    self._extra_rejects_path = rejects_path
+    self._build_summary: dict = {}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    return self.dataset_info_from_configs(
+        features=schema.features_dict(config.image_size_px, config.num_age_groups),
+        supervised_keys=None,
+        homepage="https://www.rsna.org/rsnai/ai-image-challenge/rsna-pediatric-bone-age-challenge-2017",
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
+    config = self.builder_config
+    manual_dir = dl_manager.manual_dir
+    layout = layouts.detect_layout(manual_dir)
+    rows, label_rejects, num_read = layouts.read_labels(layout)
+    split_of = self._assign_splits(layout, rows)
+    train_ages = [r.boneage_months for r in rows if split_of[r.id] == splits_lib.TRAIN]
+    try:
+      edges = age_groups.quantile_edges(train_ages, config.num_age_groups)
+    except ValueError as e:
+      raise ValueError(f"cannot compute {config.num_age_groups} age groups from {len(train_ages)} valid training "
+                       f"labels in {manual_dir}: {e}") from e
+    index = layouts.index_images(manual_dir)
+    records = []
+    for row in rows:
+      path, ambiguity = layouts.image_path_for(row.id, index)
+      if ambiguity is not None:
+        label_rejects.append((ambiguity, row.id))
+        continue
+      records.append(examples_lib.ImageRecord(
+          id=row.id, path=path, boneage_months=row.boneage_months, male=row.male,
+          age_group=int(age_groups.assign(row.boneage_months, edges)), split=split_of[row.id]))
+    labeled_ids = {r.id for r in rows}
+    unlabeled_images = sum(1 for stem in index if stem not in labeled_ids)
+    if unlabeled_images:
+      logging.warning("%d image files in %s have no label row; they are not part of the dataset",
+                      unlabeled_images, manual_dir)
+    self.info.metadata.update({
+        EDGES_KEY: edges,
+        "layout": layout.name,
+        "rows_read": num_read,
+        "image_files_without_label": unlabeled_images,
+        "kaggle_unlabeled_test_rows_not_built": layouts.count_unlabeled_rows(layout),
+        "split_rule": "official" if layout.has_official_splits else (
+            f"sha256 rank within sex x age-group strata, validation={config.validation_fraction}, "
+            f"test={config.test_fraction}"),
+    })
+    rejects_paths = [str(self.data_path / REJECTS_FILE)]
+    if self._extra_rejects_path:
+      rejects_paths.append(str(self._extra_rejects_path))
+    examples = pipeline | "RsnaBoneAge" >> examples_lib.BuildExamples(
+        records, label_rejects, config.image_size_px, rejects_paths, max_pixels=config.max_pixels)
+    present = [s for s in (splits_lib.TRAIN, splits_lib.VALIDATION, splits_lib.TEST)
+               if any(r.split == s for r in records)]
+    return {split: self._generate_examples(examples, split) for split in present}
+
+  def _assign_splits(self, layout: layouts.Layout, rows) -> dict[str, str]:
+    if layout.has_official_splits:
+      return {r.id: r.split for r in rows}
+    config = self.builder_config
+    return splits_lib.assign_splits(
+        [(r.id, r.boneage_months, r.male) for r in rows],
+        validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
+        num_strata_groups=config.num_age_groups)
+
+  def _generate_examples(self, examples, split: str):
+    """The split's examples from the shared Beam stage, as (id, example)."""
+    return examples_lib.SelectSplit(examples, split)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    # Runs after the Beam job, before the DatasetInfo is written: the
+    # rejects counted by the workers go into the dataset's metadata.
+    totals = examples_lib.counter_totals(pipeline_result)
+    self.info.metadata["rejected"] = examples_lib.rejected_by_reason(totals)
+    self.info.metadata["written_by_counter"] = {
+        k[len("examples_"):]: v for k, v in sorted(totals.items()) if k.startswith("examples_")}
