@@ -128,7 +128,7 @@ class _Canvas:
     cv2.ellipse(layer, self.fixed(centre), axes, angle_deg, 0, 360, int(value), -1, cv2.LINE_AA, 4)
 
   def polygon(self, layer, points_units, value):
-    pts = np.array([self.fixed(p) for p in points_units], np.int32)
+    pts = np.round(self.px(np.asarray(points_units, float)) * 16.0).astype(np.int32)
     cv2.fillPoly(layer, [pts], int(value), cv2.LINE_AA, 4)
 
   def capsule(self, layer, p0, p1, width_units, value):
@@ -147,14 +147,13 @@ def _shaft(canvas: _Canvas, p0, p1, width: float, flare: float = 0.3):
   p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
   axis = p1 - p0
   normal = np.array([-axis[1], axis[0]]) / (np.linalg.norm(axis) + 1e-9)
-  ts = np.linspace(0.0, 1.0, 9)
+  ts = np.linspace(0.0, 1.0, 9)[:, None]
   half = width / 2.0 * (1.0 - flare + flare * (2.0 * ts - 1.0) ** 2)
-  left = [p0 + t * axis + h * normal for t, h in zip(ts, half)]
-  right = [p0 + t * axis - h * normal for t, h in zip(ts, half)]
-  canvas.polygon(canvas.bone, left + right[::-1], 235)
-  inner = [p0 + t * axis + 0.5 * h * normal for t, h in zip(ts[1:-1], half[1:-1])]
-  inner += [p0 + t * axis - 0.5 * h * normal for t, h in zip(ts[1:-1][::-1], half[1:-1][::-1])]
-  canvas.polygon(canvas.bone, inner, 190)
+  centre_line = p0 + ts * axis
+  outline = np.concatenate([centre_line + half * normal, (centre_line - half * normal)[::-1]])
+  canvas.polygon(canvas.bone, outline, 235)
+  inner = centre_line[1:-1], 0.5 * half[1:-1] * normal
+  canvas.polygon(canvas.bone, np.concatenate([inner[0] + inner[1], (inner[0] - inner[1])[::-1]]), 190)
 
 
 def _bone_with_plate(canvas: _Canvas, start, direction, length, width, maturity, group, plate_at_start):
