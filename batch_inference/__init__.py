@@ -1,0 +1,1 @@
+"""Batch scoring of hand radiographs with Apache Beam (`boneage-score`)."""
