@@ -24,6 +24,10 @@ from launch import dataflow
 from launch import local
 from launch import vertex
 
+# The trainer's registered recipe for real runs (trainer/experiments.py); named
+# here, not imported, so launching never needs TensorFlow.
+DEFAULT_EXPERIMENT = "xception_384"
+
 
 def _add_dataflow_flags(parser: argparse.ArgumentParser, *, default_machine_type: str) -> None:
   group = parser.add_argument_group("Dataflow placement (edit for your project)")
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_argument("--image_uri", help="training container with this package (required; see launch/Dockerfile)")
   sub.add_argument("--data_dir", help="gs:// TFDS data dir (required)")
   sub.add_argument("--model_dir", help="gs:// model dir (required)")
-  sub.add_argument("--experiment", help="trainer experiment name (required)")
+  sub.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="trainer experiment name")
   sub.add_argument("--precision", choices=common.PRECISIONS, help="default: mixed_float16 on GPU, mixed_bfloat16 on TPU")
   sub.add_argument("--machine_type")
   sub.add_argument("--accelerator_type", help="NVIDIA_L4, NVIDIA_TESLA_T4, NVIDIA_H100_80GB, TPU_V3, ...")
@@ -203,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_argument("--runtime_version", default="v2-alpha-tpuv5-lite")
   sub.add_argument("--data_dir")
   sub.add_argument("--model_dir")
-  sub.add_argument("--experiment")
+  sub.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="trainer experiment name")
   sub.add_argument("--precision", choices=common.PRECISIONS, default="mixed_bfloat16")
   sub.add_argument("--config_override", action="append", default=[], help="key=value, repeatable")
   sub.add_argument("--source_dir", default=".", help="repository root to copy to the TPU hosts")

@@ -168,6 +168,10 @@ def score_command(*, model_dir: str | None, inputs: str | None, output_dir: str 
     if not options.sdk_container_image:
       raise common.LaunchError("--worker_accelerator needs --sdk_container_image: the default Dataflow "
                                "worker image has no CUDA libraries for TensorFlow")
+    # Dataflow attaches L4 GPUs only to G2 machines.
+    if worker_accelerator == "nvidia-l4" and not (options.machine_type or "").startswith("g2-"):
+      raise common.LaunchError("--worker_accelerator=nvidia-l4 needs a G2 --machine_type, e.g. g2-standard-4; "
+                               f"got {options.machine_type!r}")
     options = dataclasses.replace(
         options, service_options=[*options.service_options,
                                   worker_accelerator_option(worker_accelerator, worker_accelerator_count)])

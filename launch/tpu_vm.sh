@@ -9,7 +9,7 @@
 #     --tpu_name=boneage-v5e --accelerator_type=v5litepod-8 \
 #     --runtime_version=v2-alpha-tpuv5-lite \
 #     --data_dir=gs://my-bucket/tfds --model_dir=gs://my-bucket/models/run1 \
-#     --experiment=NAME --dry_run
+#     --experiment=xception_384 --dry_run
 #
 # --dry_run prints every command (one per line, shell-quoted) instead of
 # running it. Single-host slices (accelerator suffix <= 8, e.g. v5litepod-8,
@@ -25,7 +25,7 @@ ACCELERATOR_TYPE="v5litepod-8"
 RUNTIME_VERSION="v2-alpha-tpuv5-lite"
 DATA_DIR=""
 MODEL_DIR=""
-EXPERIMENT=""
+EXPERIMENT="xception_384"
 PRECISION="mixed_bfloat16"
 PYTHON="python3.11"
 SOURCE_DIR="."
@@ -38,10 +38,11 @@ SKIP_CREATE=0
 DELETE_AFTER=0
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'USAGE'
 Flags (all --name=value):
-  --project --zone --tpu_name --data_dir --model_dir --experiment   (required)
+  --project --zone --tpu_name --data_dir --model_dir   (required)
+  --experiment (xception_384)
   --accelerator_type (v5litepod-8)  --runtime_version (v2-alpha-tpuv5-lite)
   --precision (mixed_bfloat16)  --config_override=key=value (repeatable)
   --python (python3.11: the interpreter the venv is built from, installed with apt if absent)

@@ -67,7 +67,8 @@ def test_score_command_with_gpu_workers_uses_the_container_image(capsys):
                            "--inputs=gs://bone-bucket/in/*.dcm,gs://bone-bucket/in/*.png",
                            "--output_dir=gs://bone-bucket/scores", "--gradcam=true", "--unknown_sex=reject",
                            "--sdk_container_image=europe-docker.pkg.dev/bone-proj/boneage/worker:1",
-                           "--worker_accelerator=nvidia-l4", "--max_num_workers=4"])
+                           "--worker_accelerator=nvidia-l4", "--machine_type=g2-standard-4",
+                           "--max_num_workers=4"])
   assert argv[0] == "boneage-score"
   flags = _flags(argv)
   assert flags["--runner"] == ["DataflowRunner"]
@@ -106,6 +107,8 @@ def test_score_command_on_cpu_workers_ships_setup_py(capsys):
                         "--output_dir=gs://b/o"], "--inputs must be a gs:// URI"),
     ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
                         "--worker_accelerator=nvidia-l4"], "--worker_accelerator needs --sdk_container_image"),
+    ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
+                        "--sdk_container_image=img", "--worker_accelerator=nvidia-l4"], "needs a G2 --machine_type"),
 ])
 def test_missing_or_unusable_parameters_fail_with_the_flag_named(capsys, target, argv, message):
   with pytest.raises(SystemExit) as exit_info:
