@@ -117,3 +117,13 @@ def test_missing_or_unusable_parameters_fail_with_the_flag_named(capsys, target,
   captured = capsys.readouterr()
   assert message in captured.err
   assert captured.out == "", "nothing is printed as a command when the parameters are wrong"
+
+
+def test_boneage_preprocess_takes_its_flags_and_hands_the_rest_to_beam(capsys):
+  """The real console script's parser splits the printed command as intended."""
+  from beam_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  argv = _dry_run(capsys, ["dataflow-preprocess", *PLACEMENT, "--manual_dir=gs://bone-bucket/rsna",
+                           "--data_dir=gs://bone-bucket/tfds", "--rejects=gs://bone-bucket/rejects.jsonl"])
+  beam_args = preprocess.parse_argv(argv)
+  assert beam_args == argv[argv.index("--runner=DataflowRunner"):]
+  assert not any(arg.startswith(("--manual_dir", "--data_dir", "--config", "--rejects")) for arg in beam_args)
