@@ -142,7 +142,7 @@ else
 fi
 
 INSTALL_COMMAND="set -e; \
-command -v $(quote "$PYTHON") >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q $(quote "$PYTHON") $(quote "$PYTHON-venv"); }; \
+$(quote "$PYTHON") -c 'import ensurepip' >/dev/null 2>&1 || { sudo apt-get update -q && sudo apt-get install -y -q $(quote "$PYTHON") $(quote "$PYTHON-venv"); }; \
 rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf $(basename "$TARBALL") -C $REMOTE_DIR; \
 $(quote "$PYTHON") -m venv \$HOME/$VENV_DIR; \
 $VENV_BIN/pip install -q --upgrade pip; \

@@ -97,3 +97,14 @@ def test_cli_checks_before_calling_bash(capsys):
 def test_script_is_shipped_executable():
   assert local.TPU_VM_SCRIPT == SCRIPT
   assert SCRIPT.stat().st_mode & 0o111
+
+
+def test_remote_commands_are_valid_bash():
+  result = _script(*TPU, "--config_override=run.note=it's a test", "--dry_run")
+  assert result.returncode == 0, result.stderr
+  for line in _lines(result.stdout):
+    remote = [arg for arg in line if arg.startswith("--command=")]
+    if remote:
+      syntax = subprocess.run(["bash", "-n", "-c", remote[0][len("--command="):]], capture_output=True,
+                              text=True, check=False, timeout=10)
+      assert syntax.returncode == 0, syntax.stderr
