@@ -16,6 +16,7 @@ checked against the place the information really is:
 `phantoms.py` adds the nuisance (rotation, exposure, noise, borders, marker).
 """
 
+from collections.abc import Sequence
 import dataclasses
 
 import cv2
@@ -61,6 +62,7 @@ _RAYS = (
     _Ray(230.0, 337.0, 8.0, (92.0, 62.0, 38.0, 26.0), 19.0),  # index
     _Ray(254.0, 362.0, 40.0, (58.0, 46.0, 34.0), 21.0),  # thumb
 )
+FINGERS = ("little", "ring", "middle", "index", "thumb")  # the order of _RAYS
 # The reference hand drawn larger, wrist at 74% of the height: fills the film like RSNA hands.
 _HAND_ZOOM = 1.15
 _WRIST_HEIGHT_FRACTION = 0.74
@@ -196,7 +198,8 @@ def _draw_soft_tissue(canvas: _Canvas, rays_geometry):
     canvas.capsule(canvas.tissue, base, tip, width * 1.7, 255)
 
 
-def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: int):
+def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: int, finger_spread: float = 1.0,
+                 finger_tilts_deg: Sequence[float] | None = None):
   """Draws the hand without nuisance.
 
   Args:
@@ -204,6 +207,10 @@ def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: in
     male: Sex; girls are drawn more mature for the same bone age.
     height_px, width_px: Canvas size; the hand keeps its proportions and is
       centred, so any canvas aspect ratio works.
+    finger_spread: Scales every digit's angle from vertical: patients fan
+      their fingers more or less (1.0 is the atlas pose).
+    finger_tilts_deg: Extra tilt of each digit (little finger to thumb, a few
+      degrees at most, or fingers cross); None adds none.
 
   Returns:
     (tissue, bone, mask): uint8 layers in [0, 255]; tissue and bone are
@@ -217,8 +224,12 @@ def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: in
 
   rays_geometry = []
   segments = []
+  tilts = np.zeros(len(_RAYS)) if finger_tilts_deg is None else np.asarray(finger_tilts_deg, float)
+  if tilts.shape != (len(_RAYS),):
+    raise ValueError(f"finger_tilts_deg needs {len(_RAYS)} angles, got {tilts.shape}")
   for ray_index, ray in enumerate(_RAYS):
-    direction = _unit(ray.angle_deg)
+    angle_deg = ray.angle_deg * finger_spread + tilts[ray_index]
+    direction = _unit(angle_deg)
     point = np.array([ray.base_x, ray.base_y])
     names = ("metacarpal", "proximal", "middle", "distal") if len(ray.lengths) == 4 else (
         "metacarpal", "proximal", "distal")
@@ -230,7 +241,7 @@ def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: in
       segments.append((point.copy(), direction, length, width, name, plate_at_start))
       point = point + direction * (length + _JOINT_GAP)
       if name == "proximal":  # fingers fan slightly at the knuckles
-        direction = _unit(ray.angle_deg * 0.7)
+        direction = _unit(angle_deg * 0.7)
     rays_geometry.append((np.array([ray.base_x, ray.base_y]), point - direction * _JOINT_GAP, ray.width * width_scale))
 
   _draw_soft_tissue(canvas, rays_geometry)

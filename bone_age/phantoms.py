@@ -47,6 +47,7 @@ _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRI
 _LABEL_STREAM, _IMAGE_STREAM, _DICOM_STREAM = 1, 2, 3
 _CHRONOLOGICAL_SD_MONTHS = 12.0  # |BA - CA| in healthy children is mostly within 2 SD ~ 2 years
 _DAYS_PER_MONTH = 365.25 / 12.0
+_FINGER_TILT_DEG = 1.5  # independent tilt of each digit on top of the fan
 _MAX_12_BIT = 4095
 
 
@@ -126,7 +127,9 @@ def render_phantom(boneage_months: float, male: bool, seed: int, *, height_px: i
     raise ValueError(f"phantoms need at least 16 x 16 pixels, got {height_px} x {width_px}")
   rng = np.random.default_rng(seed)
   draw_h, draw_w = _draw_size(height_px, width_px)
-  tissue, bone, mask_u8 = phantom_drawing.draw_anatomy(boneage_months, male, draw_h, draw_w)
+  tissue, bone, mask_u8 = phantom_drawing.draw_anatomy(
+      boneage_months, male, draw_h, draw_w, finger_spread=rng.uniform(0.8, 1.25),
+      finger_tilts_deg=rng.uniform(-_FINGER_TILT_DEG, _FINGER_TILT_DEG, len(phantom_drawing.FINGERS)))
   unit_px = min(draw_h / phantom_drawing.REFERENCE_HEIGHT, draw_w / phantom_drawing.REFERENCE_WIDTH)
 
   background = rng.uniform(4.0, 24.0)
@@ -134,6 +137,9 @@ def render_phantom(boneage_months: float, male: bool, seed: int, *, height_px: i
   bone_level = rng.uniform(105.0, 145.0)
   tissue_f = cv2.GaussianBlur(tissue, (0, 0), 3.0 * unit_px).astype(np.float32)
   bone_f = cv2.GaussianBlur(bone, (0, 0), 0.7 * unit_px).astype(np.float32)
+  # Mottled mineralisation: a smooth random field modulates bone brightness by a few percent.
+  texture = rng.standard_normal((max(2, draw_h // 12), max(2, draw_w // 12)), dtype=np.float32)
+  bone_f *= 1.0 + 0.07 * cv2.resize(texture, (draw_w, draw_h), interpolation=cv2.INTER_CUBIC)
   image = background + tissue_f * (tissue_level / 255.0) + bone_f * (bone_level / 255.0)
 
   pose = _random_pose(rng, draw_h, draw_w)
@@ -266,11 +272,15 @@ def _parse_flags(argv):
   flags.DEFINE_enum("image_format", "png", IMAGE_FORMATS, "png, dicom, or mixed (every second image DICOM).",
                     flag_values=fv)
   flags.DEFINE_integer("first_id", 1, "Id of the first image.", lower_bound=0, flag_values=fv)
+  usage = f"usage: boneage-phantoms --output_dir=DIR [--num_images=N --seed=S ...]\n{fv.get_help()}"
+  if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
+    print(usage)
+    sys.exit(0)
   flags.mark_flag_as_required("output_dir", flag_values=fv)
   try:
     fv(argv)
   except flags.Error as e:
-    sys.exit(f"boneage-phantoms: {e}\n\n{fv.main_module_help()}")
+    sys.exit(f"boneage-phantoms: {e}\n\n{usage}")
   return fv
 
 
