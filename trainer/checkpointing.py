@@ -1,0 +1,87 @@
+"""Exact-resume checkpoints, chief-only writes, and preemption (SIGTERM).
+
+A checkpoint holds everything the next step depends on: model weights,
+optimizer slots and iteration count, the global step, the tf.data iterator
+(position, shuffle buffer and seed state), the dropout RNG states (Keras
+SeedGenerators, which a Keras model does not checkpoint itself) and the
+schedule's state. Restoring it and continuing consumes exactly the batches
+an uninterrupted run would have consumed.
+
+Chief-only writes, the standard MultiWorkerMirrored pattern: every worker
+calls `save` (saving may need every worker), but only the chief writes to
+<model_dir>/checkpoints; the others write to a private temporary directory
+that is removed right away.
+"""
+
+import os
+import shutil
+import signal
+import tempfile
+
+from absl import logging
+import tensorflow as tf
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class ChiefOnlyManager:
+  """tf.train.CheckpointManager that only the chief keeps."""
+
+  def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool, max_to_keep: int):
+    self._chief = chief
+    self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    self._checkpoint = checkpoint
+    self._manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=max_to_keep)
+
+  @property
+  def latest_checkpoint(self) -> str | None:
+    return self._manager.latest_checkpoint
+
+  def restore_latest(self) -> str | None:
+    """Restores the newest checkpoint (every worker reads the chief's); returns its path or None."""
+    path = self._manager.latest_checkpoint
+    if path:
+      self._checkpoint.restore(path).assert_existing_objects_matched()
+      logging.info("restored %s", path)
+    return path
+
+  def save(self, step: int) -> str:
+    if self._chief:
+      return self._manager.save(checkpoint_number=step)
+    scratch = tempfile.mkdtemp(prefix="boneage_worker_ckpt_")
+    try:
+      return tf.train.CheckpointManager(self._checkpoint, scratch, max_to_keep=1).save(checkpoint_number=step)
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM into a flag the training loop checks at each step boundary.
+
+  The loop then checkpoints and exits with PREEMPTED_EXIT_CODE, so a
+  scheduler (or a human) can rerun the same command to continue. The flag is
+  all-reduced inside the step, so every worker stops at the same step even
+  if only one was signalled.
+  """
+
+  PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a TERM-killed job.
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: will checkpoint at the next step boundary and exit")
+    self.requested = True
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a test harness): no handler, no preemption support.
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False

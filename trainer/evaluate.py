@@ -1,0 +1,210 @@
+"""Evaluation of an exported model on one split of the prepared TFDS dataset.
+
+`boneage-evaluate` (trainer.evaluate_main) calls `evaluate()`. It reads the
+dataset with `tfds.builder_from_directory` (never the builder's code), picks
+the resolution config matching the export's image size, streams the split
+through the model batch by batch (the split is never held in memory as
+images) and writes:
+  metrics.json      overall / per sex / per age band: MAE, RMSE, R2, group
+                    accuracy, QWK, each with its count; the predict-the-
+                    training-mean baseline; the confusion matrix
+  predictions.csv   one row per image (id, sex, true and predicted months
+                    and group, group probabilities)
+  *.png             scatter, Bland-Altman, confusion matrix, error by age
+"""
+
+import csv
+import json
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bone_age import age_groups
+from bone_age import errors
+from bone_age import export as ba_export
+from bone_age import metrics
+from bone_age import model as ba_model
+from bone_age import schema
+from trainer import plots
+
+DATASET_NAME = "rsna_bone_age"
+EDGES_KEY = "age_group_edges_months"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+TRAIN_SPLIT = "train"
+DEFAULT_BATCH_SIZE = 32
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in name.split("."))
+
+
+def _is_version(name: str) -> bool:
+  parts = name.split(".")
+  return len(parts) == 3 and all(p.isdigit() for p in parts)
+
+
+def find_dataset_dir(data_dir: str, image_size_px: int, dataset_version: str | None = None) -> str:
+  """<data_dir>/rsna_bone_age/<S>px/<version> for the model's image size.
+
+  The version the model was trained on when present, else the newest one
+  (logged). `data_dir` may also be a version directory itself.
+
+  Raises:
+    InputError: naming the directory looked at and the configs that exist.
+  """
+  if tf.io.gfile.exists(os.path.join(data_dir, "dataset_info.json")):
+    return data_dir
+  config_dir = os.path.join(data_dir, DATASET_NAME, f"{image_size_px}px")
+  if not tf.io.gfile.isdir(config_dir):
+    parent = os.path.join(data_dir, DATASET_NAME)
+    present = sorted(c.rstrip("/") for c in tf.io.gfile.listdir(parent)) if tf.io.gfile.isdir(parent) else []
+    raise errors.InputError(config_dir, errors.MISSING_FILE,
+                            f"no {image_size_px}px dataset for this {image_size_px}px model "
+                            f"(configs present: {present or 'none'})")
+  versions = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(config_dir)
+                     if _is_version(v.rstrip("/"))
+                     and tf.io.gfile.exists(os.path.join(config_dir, v.rstrip("/"), "dataset_info.json"))),
+                    key=_version_key)
+  if not versions:
+    raise errors.InputError(config_dir, errors.MISSING_FILE, "no prepared dataset version (dataset_info.json)")
+  if dataset_version in versions:
+    return os.path.join(config_dir, dataset_version)
+  if dataset_version:
+    logging.warning("model was trained on dataset version %s, which is not in %s; evaluating on %s",
+                    dataset_version, config_dir, versions[-1])
+  return os.path.join(config_dir, versions[-1])
+
+
+def training_mean_months(builder) -> float | None:
+  """Mean training label: the trivial predictor any model must beat (None without a train split)."""
+  if TRAIN_SPLIT not in builder.info.splits:
+    return None
+  ds = builder.as_dataset(split=TRAIN_SPLIT, decoders={schema.IMAGE: tfds.decode.SkipDecoding()})
+  ages = ds.map(lambda ex: ex[schema.BONEAGE_MONTHS], num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+  values = np.concatenate([b for b in ages.as_numpy_iterator()] or [np.zeros((0,), np.float32)])
+  values = values[np.isfinite(values)]
+  return float(values.mean()) if values.size else None
+
+
+def predict_split(model, builder, split: str, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+  """Streams a split through the model; returns per-image numpy arrays."""
+  if split not in builder.info.splits:
+    raise errors.InputError(str(builder.data_dir), errors.MISSING_FILE,
+                            f"dataset has no split {split!r} (has {sorted(builder.info.splits.keys())})")
+  ds = builder.as_dataset(split=split, shuffle_files=False).batch(batch_size).prefetch(2)
+  columns = {"id": [], "male": [], "true_months": [], "pred_months": [], "group_probs": []}
+  for batch in ds.as_numpy_iterator():
+    male = batch[schema.MALE].astype(np.float32)
+    out = model.predict_on_batch({ba_model.IMAGE_INPUT: batch[schema.IMAGE], ba_model.MALE_INPUT: male[:, None]})
+    columns["id"].extend(i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in batch[schema.ID])
+    columns["male"].append(batch[schema.MALE].astype(np.int64))
+    columns["true_months"].append(batch[schema.BONEAGE_MONTHS].astype(np.float64))
+    columns["pred_months"].append(np.asarray(out[ba_model.AGE_OUTPUT], np.float64).reshape(-1))
+    columns["group_probs"].append(np.asarray(out[ba_model.GROUP_OUTPUT], np.float64))
+  num_groups = len(ba_model.age_group_edges(model)) + 1
+  empty = {"male": np.zeros((0,), np.int64), "group_probs": np.zeros((0, num_groups))}
+  return {k: (np.asarray(v) if k == "id" else (np.concatenate(v) if v else empty.get(k, np.zeros((0,)))))
+          for k, v in columns.items()}
+
+
+def _all(true, pred, true_group, pred_group, num_groups, mask):
+  return metrics.all_metrics(true[mask], pred[mask], true_group[mask], pred_group[mask], num_groups)
+
+
+def compute_report(predictions: dict, edges: list[float], train_mean_months: float | None) -> dict:
+  """metrics.json content: overall, by sex, by age band, baseline, confusion matrix."""
+  labeled = np.isfinite(predictions["true_months"])
+  true = predictions["true_months"][labeled]
+  pred = predictions["pred_months"][labeled]
+  male = predictions["male"][labeled].astype(bool)
+  num_groups = len(edges) + 1
+  true_group = age_groups.assign(true, edges)
+  pred_group = predictions["group_probs"][labeled].argmax(axis=1) if true.size else np.zeros((0,), np.int64)
+  everyone = np.ones(true.shape, bool)
+  names = age_groups.group_names(edges)
+  report = {
+      "num_examples": int(labeled.size),
+      "num_unlabeled_excluded": int((~labeled).sum()),
+      "overall": _all(true, pred, true_group, pred_group, num_groups, everyone),
+      "bias_months": float(np.mean(pred - true)) if true.size else None,
+      "by_sex": metrics.breakdown({"female": ~male, "male": male},
+                                  lambda m: _all(true, pred, true_group, pred_group, num_groups, m)),
+      "by_age_band": metrics.breakdown({names[g]: true_group == g for g in range(num_groups)},
+                                       lambda m: _all(true, pred, true_group, pred_group, num_groups, m)),
+      "age_group_edges_months": list(edges),
+      "age_group_names": names,
+      "confusion_matrix": metrics.confusion_matrix(true_group, pred_group, num_groups).tolist(),
+      "baseline": {"training_mean_months": train_mean_months,
+                   "mae_months": (float(np.mean(np.abs(true - train_mean_months)))
+                                  if train_mean_months is not None and true.size else None)},
+  }
+  return report
+
+
+def _write_predictions(path: str, predictions: dict, edges: list[float]) -> None:
+  num_groups = len(edges) + 1
+  with tf.io.gfile.GFile(path, "w") as f:
+    writer = csv.writer(f)
+    writer.writerow(["id", "male", "true_months", "pred_months", "true_group", "pred_group"]
+                    + [f"prob_group_{g}" for g in range(num_groups)])
+    for i, example_id in enumerate(predictions["id"]):
+      true_months = predictions["true_months"][i]
+      labeled = bool(np.isfinite(true_months))
+      probs = predictions["group_probs"][i]
+      writer.writerow([example_id, int(predictions["male"][i]), f"{true_months:.2f}" if labeled else "",
+                       f"{predictions['pred_months'][i]:.2f}",
+                       int(age_groups.assign(true_months, edges)) if labeled else "", int(np.argmax(probs))]
+                      + [f"{p:.4f}" for p in probs])
+
+
+def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+  """Evaluates the export in model_dir on `split`; writes metrics, predictions and plots.
+
+  Returns:
+    The metrics.json content.
+
+  Raises:
+    FileNotFoundError: if model_dir holds no export.
+    InputError: if the dataset or split is missing.
+  """
+  export_dir = ba_export.resolve_export_dir(model_dir)
+  model, export_metadata = ba_export.load_export(export_dir)
+  edges = ba_model.age_group_edges(model)
+  dataset_dir = find_dataset_dir(data_dir, ba_model.image_size_px(model), export_metadata.get("dataset_version"))
+  builder = tfds.builder_from_directory(dataset_dir)
+  dataset_edges = (builder.info.metadata or {}).get(EDGES_KEY)
+  if dataset_edges is not None and [float(e) for e in dataset_edges] != edges:
+    # True groups are recomputed from months with the MODEL's edges, so the
+    # classification metrics stay meaningful; the mismatch is still reported.
+    logging.warning("dataset age-group edges %s differ from the model's %s", dataset_edges, edges)
+  logging.info("evaluating %s on %s split %r", export_dir, dataset_dir, split)
+  predictions = predict_split(model, builder, split, batch_size)
+  report = compute_report(predictions, edges, training_mean_months(builder))
+  report.update({
+      "split": split,
+      "dataset_dir": dataset_dir,
+      "dataset_version": str(builder.info.version),
+      "dataset_age_group_edges_months": dataset_edges,
+      "export_dir": export_dir,
+      "export_dataset_version": export_metadata.get("dataset_version"),
+      "backbone": export_metadata.get("backbone"),
+  })
+  tf.io.gfile.makedirs(output_dir)
+  labeled = np.isfinite(predictions["true_months"])
+  report["plots"] = plots.write_all(
+      output_dir,
+      true_months=predictions["true_months"][labeled],
+      pred_months=predictions["pred_months"][labeled],
+      male=predictions["male"][labeled].astype(bool),
+      confusion_matrix=np.asarray(report["confusion_matrix"]),
+      group_names=report["age_group_names"],
+      title=f"{split} split, n={int(labeled.sum())}")
+  _write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), predictions, edges)
+  with tf.io.gfile.GFile(os.path.join(output_dir, METRICS_FILE), "w") as f:
+    f.write(json.dumps(report, indent=2, allow_nan=False))
+  return report
