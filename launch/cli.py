@@ -60,11 +60,19 @@ def _dataflow_options(args: argparse.Namespace) -> dataflow.DataflowOptions:
       no_use_public_ips=args.no_use_public_ips)
 
 
+def _run(command: list[str]) -> int:
+  try:
+    return subprocess.call(command)
+  except FileNotFoundError as error:
+    raise common.LaunchError(f"{command[0]} not found on PATH (install it, or use --dry_run to print the "
+                             "command)") from error
+
+
 def _print_or_run(command: list[str], dry_run: bool) -> int:
   if dry_run:
     print(shlex.join(command))
     return 0
-  return subprocess.call(command)
+  return _run(command)
 
 
 def _dataflow_preprocess(args: argparse.Namespace) -> int:
@@ -115,7 +123,7 @@ def _vertex_train(args: argparse.Namespace) -> int:
     print(f"submitted {submitted.resource_name}")
     return 0
   _write_spec(spec, args.config_file)
-  return subprocess.call(gcloud)
+  return _run(gcloud)
 
 
 def _tpu_vm(args: argparse.Namespace) -> int:
@@ -126,7 +134,7 @@ def _tpu_vm(args: argparse.Namespace) -> int:
       source_dir=args.source_dir, python=args.python, skip_create=args.skip_create,
       delete_after=args.delete_after, dry_run=args.dry_run)
   if not args.dry_run:
-    return subprocess.call(command)
+    return _run(command)
   # The script's own dry run prints the gcloud lines; it runs nothing remote.
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   sys.stdout.write(result.stdout)

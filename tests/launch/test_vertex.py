@@ -157,3 +157,15 @@ def test_unusable_parameters_fail_with_the_flag_named(capsys, argv, message):
   captured = capsys.readouterr()
   assert message in captured.err
   assert captured.out == ""
+
+
+def test_without_dry_run_the_spec_is_saved_for_gcloud(capsys, monkeypatch, tmp_path):
+  monkeypatch.setenv("PATH", str(tmp_path))  # no gcloud: the job cannot be created from a test
+  config_file = tmp_path / "job.yaml"
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["vertex-train", *JOB, "--mode=multi_worker", f"--config_file={config_file}"])
+  assert exit_info.value.code == 2
+  assert "gcloud not found on PATH" in capsys.readouterr().err
+  saved = yaml.safe_load(config_file.read_text())
+  assert [pool["replicaCount"] for pool in saved["workerPoolSpecs"]] == [1, 1]
+  assert saved["workerPoolSpecs"][0]["containerSpec"]["command"] == ["boneage-train"]
