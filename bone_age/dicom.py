@@ -104,7 +104,8 @@ def _uid_name(uid: str) -> str:
 def _check_image_header(dataset, source: str, max_pixels: int) -> None:
   if "PixelData" not in dataset:
     if _is_image_object(dataset):
-      raise errors.InputError(source, errors.TRUNCATED, "DICOM file ends before its pixel data")
+      raise errors.InputError(source, errors.TRUNCATED,
+                              "DICOM image has no complete pixel data element (the file is cut short)")
     raise errors.InputError(source, errors.NOT_AN_IMAGE, "DICOM file holds no pixel data (not an image object)")
   for keyword in ("Rows", "Columns", "BitsAllocated"):
     if dataset.get(keyword) is None:
