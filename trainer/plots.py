@@ -7,6 +7,7 @@
   the youngest and oldest ages, which a single MAE hides).
 """
 
+import io
 import os
 
 import numpy as np
@@ -30,8 +31,11 @@ def _pyplot():
 def _save(fig, path: str) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: output may be on GCS)
 
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   with tf.io.gfile.GFile(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    f.write(buffer.getvalue())
   _pyplot().close(fig)
   return path
 
