@@ -34,7 +34,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    # dill: tfds.testing (DatasetBuilderTestCase) imports it.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
     "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
     "tpu": ["tensorflow-tpu>=2.21,<2.22"],
