@@ -1,0 +1,223 @@
+"""The per-image steps around RunInference and the rows the scorer writes.
+
+Before the model: attach the subject (sex, age and their sources) and shrink
+the original for its overlay. After the model: one output row per scored
+subject, the overlay written right away, duplicate ids settled, and the rows
+gathered into predictions.jsonl / predictions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import posixpath
+
+import apache_beam as beam
+import numpy as np
+
+from bone_age import errors
+from bone_age import reporting
+from beam_pipelines import rejects
+from batch_inference import handler
+from batch_inference import overlays
+from batch_inference import patients
+
+PREDICTIONS_JSONL = "predictions.jsonl"
+PREDICTIONS_CSV = "predictions.csv"
+REJECTS_JSONL = "rejects.jsonl"
+READ_COUNT_FILE = "_read_count.json"
+
+# Columns of predictions.csv (predictions.jsonl holds the same values, with
+# the group probabilities as one {group name: probability} object).
+BASE_COLUMNS = (
+    "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
+
+
+@dataclasses.dataclass
+class ScoreKey:
+  """What travels beside a ScoreRequest through RunInference (KeyedModelHandler key)."""
+  id: str
+  source: str
+  subject: patients.Subject
+  transform: object  # bone_age.letterbox.LetterboxTransform
+  overlay_original: np.ndarray | None  # downscaled (h, w) uint8, only with Grad-CAM
+  suffix: str  # '' or '-M' / '-F' under --unknown_sex=both, for the overlay name
+
+
+class PrepareRequestFn(beam.DoFn):
+  """PreparedImage -> (ScoreKey, ScoreRequest) per subject, or an unknown-sex / bad-label reject."""
+
+  def __init__(self, metadata: dict, unknown_sex: str, overlay_max_px: int | None):
+    super().__init__()
+    self._metadata = metadata
+    self._unknown_sex = unknown_sex
+    self._overlay_max_px = overlay_max_px
+
+  def process(self, prepared):
+    row = patients.lookup(self._metadata, prepared.id)
+    try:
+      subjects = patients.resolve_subjects(prepared.id, prepared.source, prepared.patient, row, self._unknown_sex)
+    except errors.InputError as e:
+      yield rejects.reject(e, prepared.id)
+      return
+    small = None
+    if self._overlay_max_px and prepared.original is not None:
+      small = overlays.downscale(prepared.original, self._overlay_max_px)
+    for subject in subjects:
+      suffix = f"-{subject.sex}" if len(subjects) > 1 else ""
+      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix)
+      yield key, handler.ScoreRequest(prepared.image, subject.male)
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+  return None if value is None else round(float(value), digits)
+
+
+def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: list[str]) -> dict:
+  """The output row of one scored subject (JSON-serialisable)."""
+  subject = key.subject
+  months = float(inference.boneage_months)
+  probs = [float(p) for p in inference.group_probabilities]
+  group = int(np.argmax(probs))
+  age = subject.chronological_age_months
+  return {
+      "id": key.id,
+      "source": key.source,
+      "sex": subject.sex,
+      "sex_source": subject.sex_source,
+      "boneage_months": _round(months),
+      "boneage": reporting.format_years_months(months),
+      "age_group": group_names[group],
+      "age_group_index": group,
+      "age_group_probabilities": {name: _round(p, 4) for name, p in zip(group_names, probs)},
+      "chronological_age_months": _round(age),
+      "chronological_age_source": subject.chronological_age_source,
+      "ba_minus_ca_months": None if age is None else _round(months - age),
+      "overlay_path": None,
+  }
+
+
+class FinishPredictionFn(beam.DoFn):
+  """(ScoreKey, PredictionResult) -> output row; writes the Grad-CAM overlay if any."""
+
+  def __init__(self, staging_dir: str, group_names: list[str]):
+    super().__init__()
+    self._staging_dir = staging_dir
+    self._group_names = list(group_names)
+    self._scored = beam.metrics.Metrics.counter("boneage", "scored")
+
+  def process(self, element):
+    key, result = element
+    inference = result.inference
+    row = prediction_row(key, inference, self._group_names)
+    if inference.heatmap is not None and key.overlay_original is not None:
+      name = overlays.overlay_file_name(key.id, key.source, key.suffix)
+      heat = overlays.heatmap_on_original(key.transform, inference.heatmap, key.overlay_original.shape)
+      caption = f"BA {row['boneage']} ({row['sex']}, {row['sex_source']})"
+      overlays.write_png(posixpath.join(self._staging_dir, overlays.OVERLAYS_DIR, name),
+                         overlays.render(key.overlay_original, heat, caption))
+      row["overlay_path"] = f"{overlays.OVERLAYS_DIR}/{name}"
+    self._scored.inc()
+    yield row
+
+
+class SettleDuplicateIdsFn(beam.DoFn):
+  """(id, rows) -> the rows of ONE source; every other source with that id is rejected.
+
+  Two inputs can share an id (a/1.png and b/1.png). Keeping the first source
+  in sort order makes the choice stable across runs and runners; the others
+  are reported, not dropped.
+  """
+
+  def process(self, element):
+    example_id, rows = element
+    rows = list(rows)
+    kept = min(r["source"] for r in rows)
+    for source in sorted({r["source"] for r in rows} - {kept}):
+      yield rejects.reject(
+          errors.InputError(source, errors.DUPLICATE_ID, f"id {example_id!r} is already given by {kept}"), example_id)
+    for row in sorted((r for r in rows if r["source"] == kept), key=lambda r: r["sex"]):
+      yield row
+
+
+def _row_sort_key(row: dict) -> tuple:
+  return (row["id"], row["source"], row["sex"])
+
+
+def csv_columns(group_names: list[str]) -> list[str]:
+  return list(BASE_COLUMNS) + [f"age_group_prob_{i}" for i in range(len(group_names))]
+
+
+def _csv_text(rows: list[dict], group_names: list[str]) -> str:
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(csv_columns(group_names))
+  for row in rows:
+    values = ["" if row[c] is None else row[c] for c in BASE_COLUMNS]
+    values += [row["age_group_probabilities"][name] for name in group_names]
+    writer.writerow(values)
+  return out.getvalue()
+
+
+def write_predictions(rows: list[dict], staging_dir: str, group_names: list[str]) -> int:
+  """predictions.jsonl and predictions.csv, sorted by id, so reruns are byte-identical."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  rows = sorted(rows, key=_row_sort_key)
+  with FileSystems.create(posixpath.join(staging_dir, PREDICTIONS_JSONL)) as f:
+    f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8"))
+  with FileSystems.create(posixpath.join(staging_dir, PREDICTIONS_CSV)) as f:
+    f.write(_csv_text(rows, group_names).encode("utf-8"))
+  return len(rows)
+
+
+def _write_rows_group(element, staging_dir: str, group_names: list[str]) -> int:
+  _, rows = element
+  return write_predictions(list(rows), staging_dir, group_names)
+
+
+def _write_read_count(element, staging_dir: str) -> int:
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  _, counts = element
+  total = int(sum(counts))
+  with FileSystems.create(posixpath.join(staging_dir, READ_COUNT_FILE)) as f:
+    f.write(json.dumps({"read": total}).encode("utf-8"))
+  return total
+
+
+class WritePredictions(beam.PTransform):
+  """Rows -> predictions.jsonl + predictions.csv in the staging dir (one worker, sorted).
+
+  Rows are small (a few hundred bytes), so gathering them on one worker is
+  cheap next to scoring; an empty PCollection writes nothing and the
+  finaliser then writes empty files.
+  """
+
+  def __init__(self, staging_dir: str, group_names: list[str]):
+    super().__init__()
+    self._staging_dir = staging_dir
+    self._group_names = list(group_names)
+
+  def expand(self, rows):
+    return (rows
+            | "KeyAll" >> beam.Map(lambda r: (None, r))
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.Map(_write_rows_group, staging_dir=self._staging_dir, group_names=self._group_names))
+
+
+class WriteReadCount(beam.PTransform):
+  """Per-file read tallies -> their sum in the staging dir."""
+
+  def __init__(self, staging_dir: str):
+    super().__init__()
+    self._staging_dir = staging_dir
+
+  def expand(self, tallies):
+    return (tallies
+            | "KeyAll" >> beam.Map(lambda n: (None, n))
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.Map(_write_read_count, staging_dir=self._staging_dir))

@@ -1,0 +1,207 @@
+"""boneage-score: bone age for every radiograph in files and archives, with Beam.
+
+  boneage-score --model_dir=EXPORT_OR_MODEL_DIR --inputs=PATTERN[,PATTERN...] \
+      --output_dir=DIR [--metadata_csv=CSV] [--gradcam=true] \
+      [--unknown_sex=reject|both|male|female] [--batch_size=8] [Beam options]
+
+Beam options (--runner=DirectRunner|DaskRunner|DataflowRunner,
+--direct_running_mode, --dask_client_address, --project, --setup_file, ...)
+are everything this parser does not know; they are handed to Beam as explicit
+PipelineOptions, never parsed from sys.argv. See batch_inference/README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+
+import apache_beam as beam
+from absl import flags
+from apache_beam.io import fileio
+from apache_beam.ml.inference import base as ml_base
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from bone_age import age_groups
+from bone_age import imaging
+from beam_pipelines import rejects
+from beam_pipelines import transforms
+from batch_inference import handler
+from batch_inference import output_dir as outputs
+from batch_inference import overlays
+from batch_inference import patients
+from batch_inference import records
+from batch_inference import sources
+
+DASK_RUNNER = "batch_inference.dask_runner.DaskRunner"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+  model_dir: str
+  inputs: tuple[str, ...]
+  output_dir: str
+  metadata_csv: str | None = None
+  gradcam: bool = False
+  unknown_sex: str = patients.UNKNOWN_SEX_REJECT
+  batch_size: int = 8
+  max_member_bytes: int = sources.DEFAULT_MAX_MEMBER_BYTES
+  max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+  overlay_max_px: int = overlays.DEFAULT_OVERLAY_MAX_PX
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("model_dir", None, "Export dir (has export_metadata.json) or a model_dir holding export/.",
+                      flag_values=fv)
+  flags.DEFINE_list("inputs", None, "Comma-separated file patterns (local or gs://) of PNG, JPEG, DICOM files and "
+                    ".zip/.tar/.tar.gz archives of them.", flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "Where predictions.csv/.jsonl, rejects.jsonl, summary.json and overlays/ "
+                      "go; a rerun replaces them.", flag_values=fv)
+  flags.DEFINE_string("metadata_csv", None, "CSV id,male[,chronological_age_months]; wins over DICOM tags.",
+                      flag_values=fv)
+  flags.DEFINE_boolean("gradcam", False, "Write a Grad-CAM overlay per image (regression head, the image's own sex).",
+                       flag_values=fv)
+  flags.DEFINE_enum("unknown_sex", patients.UNKNOWN_SEX_REJECT, patients.UNKNOWN_SEX_POLICIES,
+                    "Images whose sex neither the CSV nor DICOM gives: reject them (reason unknown_sex), score "
+                    "them as both sexes (two rows, sex_source=assumed_both), or as male/female "
+                    "(sex_source=assumed).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 8, "Images per model call.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("max_member_bytes", sources.DEFAULT_MAX_MEMBER_BYTES,
+                       "Largest image file or archive member read; larger ones are rejected.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("max_pixels", imaging.DEFAULT_MAX_PIXELS,
+                       "Decompression-bomb guard: largest image (H*W) decoded.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("overlay_max_px", overlays.DEFAULT_OVERLAY_MAX_PX, "Long side of the overlay PNGs.",
+                       lower_bound=16, flag_values=fv)
+  for name in ("model_dir", "inputs", "output_dir"):
+    flags.mark_flag_as_required(name, flag_values=fv)
+
+
+def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
+  """Our flags -> ScoreConfig; everything else is returned for Beam.
+
+  A private FlagValues keeps repeated calls (tests) and other absl programs
+  in the same process from clashing over global flag names.
+  """
+  fv = flags.FlagValues()
+  _define_flags(fv)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+    print(__doc__ + "\n" + fv.get_help())
+    sys.exit(0)
+  leftover = fv(["boneage-score", *argv], known_only=True)[1:]
+  config = ScoreConfig(
+      model_dir=fv.model_dir, inputs=tuple(p.strip() for p in fv.inputs if p.strip()), output_dir=fv.output_dir,
+      metadata_csv=fv.metadata_csv, gradcam=fv.gradcam, unknown_sex=fv.unknown_sex, batch_size=fv.batch_size,
+      max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px)
+  return config, _map_runner_names(leftover)
+
+
+def _map_runner_names(beam_args: list[str]) -> list[str]:
+  """'DaskRunner' -> our DaskRunner (Beam 2.77's drops outputs; see dask_runner.py)."""
+  mapped = []
+  for i, arg in enumerate(beam_args):
+    if arg == "--runner=DaskRunner":
+      arg = f"--runner={DASK_RUNNER}"
+    elif arg == "DaskRunner" and i > 0 and beam_args[i - 1] == "--runner":
+      arg = DASK_RUNNER
+    mapped.append(arg)
+  return mapped
+
+
+def resolve_export(model_dir: str) -> tuple[str, dict]:
+  """(export dir, its metadata): model_dir itself or model_dir/export."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  from bone_age import export  # pylint: disable=g-import-not-at-top
+
+  for candidate in (model_dir, FileSystems.join(model_dir, "export")):
+    path = FileSystems.join(candidate, export.EXPORT_METADATA_FILE)
+    if FileSystems.exists(path):
+      with FileSystems.open(path, compression_type="uncompressed") as f:
+        return candidate, json.loads(f.read().decode("utf-8"))
+  raise ValueError(f"--model_dir={model_dir}: no {export.EXPORT_METADATA_FILE} there or in its export/ folder")
+
+
+def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, metadata: dict,
+          staging_dir: str) -> None:
+  """Adds the scoring graph to `pipeline`; outputs go to staging_dir."""
+  size_px = int(export_metadata["image_size_px"])
+  group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
+  model_handler = ml_base.KeyedModelHandler(
+      handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam))
+
+  matched = (pipeline
+             | "Patterns" >> beam.Create(list(config.inputs))
+             | "MatchPatterns" >> beam.ParDo(sources.MatchPatternsFn()).with_outputs(
+                 rejects.REJECTS_TAG, sources.TALLY_TAG, main="files"))
+  files = (matched.files
+           | "KeyByPath" >> beam.Map(lambda m: (m.path, m))
+           # Groups a file matched by two patterns into one, and spreads files over workers.
+           | "DistinctFiles" >> beam.GroupByKey()
+           | "FirstOfEach" >> beam.Map(lambda kv: list(kv[1])[0])
+           | "ReadMatches" >> fileio.ReadMatches())
+  inputs = files | "ExpandInputs" >> beam.ParDo(sources.ExpandInputsFn(config.max_member_bytes)).with_outputs(
+      rejects.REJECTS_TAG, sources.TALLY_TAG, main="images")
+  decoded = inputs.images | "DecodeLetterbox" >> beam.ParDo(transforms.DecodeLetterboxFn(
+      size_px, max_pixels=config.max_pixels, keep_original=config.gradcam)).with_outputs(
+          rejects.REJECTS_TAG, main="images")
+  requests = decoded.images | "PrepareRequests" >> beam.ParDo(records.PrepareRequestFn(
+      metadata, config.unknown_sex, config.overlay_max_px if config.gradcam else None)).with_outputs(
+          rejects.REJECTS_TAG, main="requests")
+  settled = (requests.requests
+             | "RunInference" >> ml_base.RunInference(model_handler)
+             | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(staging_dir, group_names))
+             | "KeyById" >> beam.Map(lambda r: (r["id"], r))
+             | "GroupById" >> beam.GroupByKey()
+             | "SettleDuplicateIds" >> beam.ParDo(records.SettleDuplicateIdsFn()).with_outputs(
+                 rejects.REJECTS_TAG, main="rows"))
+  _ = settled.rows | "WritePredictions" >> records.WritePredictions(staging_dir, group_names)
+  all_rejects = (matched[rejects.REJECTS_TAG], inputs[rejects.REJECTS_TAG], decoded[rejects.REJECTS_TAG],
+                 requests[rejects.REJECTS_TAG], settled[rejects.REJECTS_TAG])
+  _ = (all_rejects | "FlattenRejects" >> beam.Flatten()
+       | "WriteRejects" >> rejects.WriteJsonLines(outputs.join(staging_dir, records.REJECTS_JSONL)))
+  _ = ((matched[sources.TALLY_TAG], inputs[sources.TALLY_TAG]) | "FlattenTallies" >> beam.Flatten()
+       | "WriteReadCount" >> records.WriteReadCount(staging_dir))
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
+  """Scores the inputs and replaces the outputs in --output_dir; returns the summary.
+
+  Args:
+    argv: Our flags plus Beam options (default: sys.argv[1:]).
+    test_pipeline: A TestPipeline to build on instead of a new Pipeline.
+  """
+  config, beam_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+  export_dir, export_metadata = resolve_export(config.model_dir)
+  metadata = patients.load_metadata_csv(config.metadata_csv) if config.metadata_csv else {}
+  staging = outputs.StagingDir(config.output_dir)
+  staging.create()
+  try:
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
+    build(pipeline, config, export_dir, export_metadata, metadata, staging.path)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = outputs.finalize(
+        staging, group_names=age_groups.group_names(export_metadata["age_group_edges_months"]),
+        extra={"output_dir": staging.output_dir, "export_dir": export_dir, "inputs": list(config.inputs),
+               "metadata_csv": config.metadata_csv, "gradcam": config.gradcam, "unknown_sex": config.unknown_sex,
+               "image_size_px": int(export_metadata["image_size_px"])})
+    staging.commit()
+  except BaseException:
+    staging.delete_tree()
+    raise
+  print(outputs.format_summary(summary))
+  logging.info("summary: %s", json.dumps(summary, sort_keys=True))
+  return summary
+
+
+def main(argv=None) -> None:
+  """Console script: absl app whose leftover arguments are Beam options."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  # absl would refuse Beam's flags; run() parses ours and hands the rest to Beam.
+  app.run(lambda args: run(args[1:]), argv=argv, flags_parser=lambda args: list(args))
+
+
+if __name__ == "__main__":
+  main()
