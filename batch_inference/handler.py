@@ -84,7 +84,7 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     images, male = stack_requests(batch, size)
     if self._gradcam:
       from bone_age import gradcam  # pylint: disable=g-import-not-at-top
-      months, probs, heatmaps = gradcam.predict_with_gradcam(model, images, male)
+      months, probs, heatmaps = gradcam.predict_with_gradcam(model, images, male, batch_size=size)
       heatmaps = np.asarray(heatmaps, dtype=np.float32)
     else:
       months, probs = forward(model, images, male)
