@@ -43,23 +43,33 @@ def decode_dicom(data: bytes, source: str, *, max_pixels: int) -> tuple[np.ndarr
       UNSUPPORTED_DICOM (multi-frame, no decoder for the transfer syntax,
       unsupported photometric interpretation).
   """
-  dataset = _read_dataset(data, source)
-  _check_image_header(dataset, source, max_pixels)
-  pixels = _decode_pixel_data(dataset, source)
-  pixels = _apply_modality_lut(pixels, dataset)
-  pixels = _apply_voi(pixels, dataset)
-  if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-    pixels = _invert(pixels)
-  return pixels, patient_info(dataset)
+  # pydicom warns about every out-of-spec value it meets; here each problem
+  # becomes one InputError (or a None field), so the warnings are noise in job logs.
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return _decode_dataset(_read_dataset(data, source), source, max_pixels)
+
+
+def _decode_dataset(dataset, source: str, max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo]:
+  try:
+    _check_image_header(dataset, source, max_pixels)
+    pixels = _display_values(_decode_pixel_data(dataset, source), dataset)
+    return pixels, patient_info(dataset)
+  except errors.InputError:
+    raise
+  except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as error:
+    # Malformed attribute values (a window centre of "abc", a LUT of the
+    # wrong length) surface as these from pydicom or numpy: a bad input, not
+    # a crash of the job.
+    raise errors.InputError(source, errors.UNSUPPORTED_DICOM,
+                            f"DICOM attributes cannot be interpreted ({type(error).__name__}: {error})") from error
 
 
 def _read_dataset(data: bytes, source: str):
   import pydicom  # pylint: disable=g-import-not-at-top
 
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
   except Exception as error:  # pylint: disable=broad-except  (pydicom raises many types on garbage)
     raise errors.InputError(source, errors.NOT_AN_IMAGE,
                             f"not a readable DICOM file ({type(error).__name__}: {error})") from error
@@ -161,9 +171,7 @@ def _check_uncompressed_length(dataset, source: str) -> None:
 def _decode_pixel_data(dataset, source: str) -> np.ndarray:
   """Stored values, masked to BitsStored and sign-extended by pydicom."""
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      pixels = dataset.pixel_array
+    pixels = dataset.pixel_array
   except Exception as error:  # pylint: disable=broad-except  (decoder plugins raise their own types)
     transfer_syntax = dataset.file_meta.TransferSyntaxUID
     reason = errors.TRUNCATED if _looks_truncated(error) else errors.UNSUPPORTED_DICOM
@@ -186,42 +194,99 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
   return rgb.astype(np.float32) @ weights
 
 
-def _apply_modality_lut(pixels: np.ndarray, dataset) -> np.ndarray:
-  """RescaleSlope/Intercept (integer arithmetic when both are whole numbers)."""
+def _display_values(stored: np.ndarray, dataset) -> np.ndarray:
+  """Stored values -> Modality LUT -> VOI -> MONOCHROME1 flip (bone bright).
+
+  Stored values are integers of at most 16 bits, so the whole chain is
+  evaluated once per grey level (a table of at most 65,536 entries) and
+  applied with one gather, instead of several float64 passes over 3 MP.
+  Float results are mapped onto uint16 by an increasing affine map: the
+  stretch that follows ignores offset and scale, and 1/65,535 steps are far
+  below one output grey level. Without any transform the stored array is
+  returned as is.
+  """
+  flip = str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+  has_lut_chain = _has_modality_transform(dataset) or _has_voi(dataset)
+  if not (has_lut_chain or flip):
+    return stored
+  if not np.issubdtype(stored.dtype, np.integer):  # Luminance of RGB data.
+    return _flip(_apply_chain(stored, dataset)) if flip else _apply_chain(stored, dataset)
+  low, high = (int(value) for value in (stored.min(), stored.max()))
+  if high - low >= 1 << 16:  # Not a <= 16-bit image: transform the array itself.
+    values = _apply_chain(stored, dataset)
+    return _flip(values) if flip else values
+  table = _apply_chain(np.arange(low, high + 1, dtype=np.int64), dataset)
+  if flip:
+    table = _flip(table)
+  table = _as_uint16_table(table)
+  if low == 0:
+    return table[stored]
+  if np.issubdtype(stored.dtype, np.unsignedinteger):
+    return table[stored - stored.dtype.type(low)]  # No wrap-around: every value is >= low.
+  return table[np.subtract(stored, low, dtype=np.int32)]
+
+
+def _apply_chain(values: np.ndarray, dataset) -> np.ndarray:
+  return _apply_voi(_apply_modality_lut(values, dataset), dataset)
+
+
+def _has_modality_transform(dataset) -> bool:
+  return "ModalityLUTSequence" in dataset or _rescale(dataset) != (1.0, 0.0)
+
+
+def _has_voi(dataset) -> bool:
+  return "VOILUTSequence" in dataset or ("WindowCenter" in dataset and "WindowWidth" in dataset)
+
+
+def _rescale(dataset) -> tuple[float, float]:
+  slope = dataset.get("RescaleSlope")
+  intercept = dataset.get("RescaleIntercept")
+  return (1.0 if slope in (None, "") else float(slope)), (0.0 if intercept in (None, "") else float(intercept))
+
+
+def _apply_modality_lut(values: np.ndarray, dataset) -> np.ndarray:
+  """Modality LUT Sequence, else RescaleSlope/Intercept."""
   if "ModalityLUTSequence" in dataset:
     from pydicom.pixels import apply_modality_lut  # pylint: disable=g-import-not-at-top
 
-    return apply_modality_lut(pixels, dataset)
-  slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-  intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-  if slope == 1.0 and intercept == 0.0:
-    return pixels
-  if np.issubdtype(pixels.dtype, np.integer) and slope.is_integer() and intercept.is_integer():
-    return pixels.astype(np.int64) * int(slope) + int(intercept)
-  return pixels.astype(np.float64) * slope + intercept
+    return apply_modality_lut(values, dataset)
+  slope, intercept = _rescale(dataset)
+  if (slope, intercept) == (1.0, 0.0):
+    return values
+  if np.issubdtype(values.dtype, np.integer) and slope.is_integer() and intercept.is_integer():
+    return values.astype(np.int64) * int(slope) + int(intercept)
+  return values.astype(np.float64) * slope + intercept
 
 
-def _apply_voi(pixels: np.ndarray, dataset) -> np.ndarray:
+def _apply_voi(values: np.ndarray, dataset) -> np.ndarray:
   """VOI LUT Sequence if present, else the first WindowCenter/Width."""
-  if "VOILUTSequence" not in dataset and not ("WindowCenter" in dataset and "WindowWidth" in dataset):
-    return pixels
+  if not _has_voi(dataset):
+    return values
   from pydicom.pixels import apply_voi_lut  # pylint: disable=g-import-not-at-top
 
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    return apply_voi_lut(pixels, dataset, prefer_lut=True)
+  return apply_voi_lut(values, dataset, prefer_lut=True)
 
 
-def _invert(pixels: np.ndarray) -> np.ndarray:
-  """MONOCHROME1 -> MONOCHROME2: (min + max) - x keeps the dtype and range.
+def _flip(values: np.ndarray) -> np.ndarray:
+  """MONOCHROME1 -> MONOCHROME2: (min + max) - x stays in range.
 
-  Any decreasing affine map would do (the stretch that follows removes
-  offset and scale); this one avoids overflow and float copies.
+  Any decreasing affine map would do (the stretch that follows removes offset
+  and scale); this one keeps integers integer and cannot overflow.
   """
-  low, high = pixels.min(), pixels.max()
-  if np.issubdtype(pixels.dtype, np.integer):
-    return (high - pixels) + low
-  return (float(low) + float(high)) - pixels
+  low, high = values.min(), values.max()
+  if np.issubdtype(values.dtype, np.integer):
+    return (high - values) + low
+  return (float(low) + float(high)) - values
+
+
+def _as_uint16_table(table: np.ndarray) -> np.ndarray:
+  """Integer tables within [0, 65535] unchanged; others affinely onto it."""
+  low, high = float(table.min()), float(table.max())
+  if np.issubdtype(table.dtype, np.integer) and low >= 0 and high <= 65535:
+    return table.astype(np.uint16)
+  if high <= low:
+    return np.zeros(table.shape, np.uint16)
+  return np.rint((table.astype(np.float64) - low) * (65535.0 / (high - low))).astype(np.uint16)
 
 
 def patient_info(dataset) -> imaging.PatientInfo:

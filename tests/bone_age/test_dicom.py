@@ -110,6 +110,30 @@ def test_fractional_rescale_slope():
   _assert_same_picture(_decode(dicom.encode_dicom(stored, rescale=(0.25, 7.5))).pixels)
 
 
+def test_fractional_rescale_on_a_narrow_band_of_levels():
+  # 101 stored levels high up in the 16-bit range: the float result must keep
+  # its resolution when it is mapped back onto integers.
+  stored = (30000 + (IMAGE.astype(np.uint32) * 100) // 255).astype(np.uint16)
+  radiograph = _decode(dicom.encode_dicom(stored, rescale=(0.3, -5.0)))
+  _assert_same_picture(radiograph.pixels, imaging.normalize_to_uint8(stored))
+
+
+def test_signed_monochrome1():
+  stored = (-(IMAGE.astype(np.int16) * 8) + 500).astype(np.int16)
+  _assert_same_picture(_decode(dicom.encode_dicom(stored, photometric="MONOCHROME1")).pixels, tolerance=0)
+
+
+def test_32bit_pixels_with_wide_range():
+  wide = IMAGE.astype(np.int64) * 100_000 - 3_000_000  # Needs more than 16 bits.
+
+  def make_32bit(dataset):
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 32, 32, 31, 1
+    dataset.PixelData = wide.astype("<i4").tobytes()
+    dataset.RescaleSlope, dataset.RescaleIntercept = "0.5", "10"
+
+  _assert_same_picture(_decode(_rewrite(dicom.encode_dicom(IMAGE), make_32bit)).pixels)
+
+
 def test_negative_rescale_slope_flips_contrast():
   stored = (255 - IMAGE).astype(np.uint16)
   _assert_same_picture(_decode(dicom.encode_dicom(stored, rescale=(-1.0, 255.0))).pixels)
@@ -299,6 +323,20 @@ def test_missing_decoder_plugin_is_unsupported(monkeypatch):
   data = _rewrite(dicom.encode_dicom(IMAGE), lambda ds: ds.compress(dicom_uid.RLELossless))
   error = _expect_error(data, "needs_plugin.dcm", errors.UNSUPPORTED_DICOM)
   assert "pylibjpeg" in error.detail
+
+
+@pytest.mark.parametrize("keyword,bad_value", [("WindowCenter", b"abc     "), ("NumberOfFrames", b"x       "),
+                                               ("RescaleSlope", b"?       ")])
+def test_malformed_attribute_values_are_unsupported_not_a_crash(keyword, bad_value):
+  placeholder = b"86421357"  # pydicom refuses to set the bad value, so patch the bytes.
+
+  def set_placeholder(dataset):
+    dataset.WindowWidth = "100"
+    setattr(dataset, keyword, placeholder.decode())
+
+  data = _rewrite(dicom.encode_dicom(IMAGE), set_placeholder)
+  assert data.count(placeholder) == 1
+  _expect_error(data.replace(placeholder, bad_value), f"bad_{keyword}.dcm", errors.UNSUPPORTED_DICOM)
 
 
 def test_unsupported_photometric():
