@@ -26,7 +26,8 @@ def overlay_file_name(example_id: str, source: str, suffix: str = "") -> str:
   The readable part is the id with every other character replaced by '_';
   a hash of the source keeps two inputs whose ids sanitise alike apart.
   """
-  readable = re.sub(r"[^A-Za-z0-9._-]+", "_", example_id).strip("._-")[:_MAX_NAME_CHARS] or "image"
+  readable = re.sub(r"[^A-Za-z0-9._-]+|\.{2,}", "_", example_id)
+  readable = re.sub(r"_+", "_", readable).strip("._-")[:_MAX_NAME_CHARS] or "image"
   digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:10]
   return f"{readable}-{digest}{suffix}.png"
 

@@ -116,7 +116,11 @@ def load_metadata_csv(path: str) -> dict[str, MetadataRow]:
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
   with FileSystems.open(path, compression_type="uncompressed") as f:
-    text = f.read().decode("utf-8-sig")
+    data = f.read()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: the metadata CSV is not UTF-8 text ({e})") from e
   return parse_metadata_csv(text, path)
 
 

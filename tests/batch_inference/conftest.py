@@ -30,6 +30,9 @@ def tiny_export(tmp_path_factory) -> pathlib.Path:
 class Make:
   """Builders of test inputs (bytes), deterministic by seed."""
 
+  # DICOM dates giving a chronological age of 126 months.
+  DATES = {"birth_date": datetime.date(2010, 1, 15), "study_date": datetime.date(2020, 7, 15)}
+
   @staticmethod
   def pixels(seed: int, height_px: int = 90, width_px: int = 70) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -95,5 +98,3 @@ def read_outputs(output_dir: pathlib.Path) -> dict:
 def outputs_of():
   return read_outputs
 
-
-DATES = {"birth_date": datetime.date(2010, 1, 15), "study_date": datetime.date(2020, 7, 15)}

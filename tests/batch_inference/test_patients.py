@@ -59,3 +59,10 @@ def test_bad_csv_row_rejects_its_image_as_invalid_label():
   with pytest.raises(errors.InputError) as e:
     patients.resolve_subjects("x", "x.png", None, patients.MetadataRow(None, None, "m.csv line 3: bad"), "both")
   assert e.value.reason == errors.INVALID_LABEL
+
+
+def test_binary_metadata_file_is_a_usage_error(tmp_path):
+  path = tmp_path / "meta.csv"
+  path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+  with pytest.raises(ValueError, match="not UTF-8"):
+    patients.load_metadata_csv(str(path))

@@ -1,0 +1,188 @@
+"""boneage-score end to end on TestPipeline: every input kind, every bad kind.
+
+Each test builds its inputs in code, runs the real pipeline (the tiny
+exported model) and checks the outputs, including read = scored + rejected.
+"""
+
+import io
+import os
+import pathlib
+import shutil
+import tarfile
+import zipfile
+
+import pytest
+from apache_beam.testing import test_pipeline
+
+from bone_age import errors
+from batch_inference import score
+
+
+def _run(tiny_export, inputs, output_dir, *extra):
+  argv = [f"--model_dir={tiny_export}", f"--inputs={','.join(str(i) for i in inputs)}", f"--output_dir={output_dir}",
+          *extra]
+  return score.run(argv, test_pipeline=test_pipeline.TestPipeline())
+
+
+def _tar(path: pathlib.Path, members, mode="w"):
+  with tarfile.open(path, mode) as tar:
+    for name, data in members:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+
+def _assert_accounted(out):
+  summary = out["summary"]
+  assert summary["accounted"] and summary["read"] == summary["scored"] + summary["rejected"]
+  assert summary["rejected"] == len(out["rejects"])
+
+
+def _build_every_kind(root: pathlib.Path, make) -> pathlib.Path:
+  """A folder holding every supported and every refused kind of input."""
+  inputs = root / "in"
+  inputs.mkdir()
+  px = make.pixels
+  (inputs / "p8.png").write_bytes(make.png(px(1)))
+  (inputs / "p16.png").write_bytes(make.png(px(2).astype("uint16") * 257))
+  (inputs / "j.jpg").write_bytes(make.jpeg(px(3)))
+  (inputs / "d.dcm").write_bytes(make.dicom(px(4), sex="F", patient_name="Doe^Jane", **make.DATES))
+  (inputs / "1.2.840.99").write_bytes(make.dicom(px(5), sex="M", preamble=False))  # extensionless DICOM
+  (inputs / "corrupt.png").write_bytes(make.png(px(6))[:60])
+  (inputs / "bomb.png").write_bytes(make.png_bomb())
+  (inputs / "palette.dcm").write_bytes(make.unsupported_dicom(px(7)))
+  (inputs / "nosex.png").write_bytes(make.png(px(8)))
+  (inputs / "notes.txt").write_bytes(b"not an image")
+  with zipfile.ZipFile(inputs / "z.zip", "w") as archive:
+    archive.writestr("a/zp.png", make.png(px(9)))
+    archive.writestr("zd.dcm", make.dicom(px(10), sex="M"))
+    archive.writestr("../../escape.png", make.png(px(11)))
+    archive.writestr("/abs/rooted.png", make.png(px(12)))
+    archive.writestr("inner.zip", b"PK\x03\x04...")
+    archive.writestr("big.png", make.png(make.pixels(13, 400, 400)))
+  _tar(inputs / "t.tar.gz", [("tp.png", make.png(px(14))), ("tj.jpeg", make.jpeg(px(15)))], mode="w:gz")
+  with tarfile.open(inputs / "links.tar", "w") as tar:
+    for name, kind in (("sym.png", tarfile.SYMTYPE), ("hard.png", tarfile.LNKTYPE)):
+      info = tarfile.TarInfo(name)
+      info.type, info.linkname = kind, "/etc/passwd"
+      tar.addfile(info)
+  (inputs / "broken.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+  (root / "meta.csv").write_text(
+      "id,male,chronological_age_months\np8,true,100\np16,false,\nj,M,\nz.zip!a/zp.png,F,\ntp,M,\ntj,F,\n"
+      "escape,M,\nrooted,F,\n")
+  return inputs
+
+
+def test_every_input_kind_is_scored_or_rejected_with_its_reason(tiny_export, make, outputs_of, tmp_path):
+  inputs = _build_every_kind(tmp_path, make)
+  output_dir = tmp_path / "out"
+  summary = _run(tiny_export, [inputs / "*", tmp_path / "missing" / "*.png"], output_dir,
+                 f"--metadata_csv={tmp_path / 'meta.csv'}", "--gradcam=true", "--max_member_bytes=20000")
+  out = outputs_of(output_dir)
+  _assert_accounted(out)
+  scored = {r["id"]: r for r in out["predictions"]}
+  assert set(scored) == {"p8", "p16", "j", "d", "1.2.840.99", "z.zip!a/zp.png", "z.zip!zd.dcm",
+                         "z.zip!../../escape.png", "z.zip!/abs/rooted.png", "t.tar.gz!tp.png", "t.tar.gz!tj.jpeg"}
+  rejected = {r["id"]: r["reason"] for r in out["rejects"]}
+  assert rejected == {
+      "corrupt": errors.TRUNCATED, "bomb": errors.DECOMPRESSION_BOMB, "palette": errors.UNSUPPORTED_DICOM,
+      "nosex": errors.UNKNOWN_SEX, "notes.txt": errors.NOT_AN_IMAGE, "z.zip!inner.zip": errors.NESTED_ARCHIVE,
+      "z.zip!big.png": errors.MEMBER_TOO_LARGE, "links.tar!sym.png": errors.UNSAFE_ARCHIVE_MEMBER,
+      "links.tar!hard.png": errors.UNSAFE_ARCHIVE_MEMBER, "broken.zip": errors.UNREADABLE_ARCHIVE,
+      None: errors.MISSING_FILE}
+  assert summary["read"] == 11 + 11
+  # Sources of sex and age are recorded; DICOM tags fill what the CSV lacks.
+  assert (scored["p8"]["sex"], scored["p8"]["sex_source"], scored["p8"]["chronological_age_source"]) == (
+      "M", "csv", "csv")
+  assert scored["p8"]["ba_minus_ca_months"] == pytest.approx(scored["p8"]["boneage_months"] - 100.0, abs=1e-2)
+  assert (scored["d"]["sex"], scored["d"]["sex_source"], scored["d"]["chronological_age_source"]) == (
+      "F", "dicom", "dicom")
+  assert scored["d"]["chronological_age_months"] == pytest.approx(126.0, abs=0.1)
+  assert scored["z.zip!zd.dcm"]["sex_source"] == "dicom"
+  # Every overlay lies inside output_dir/overlays, whatever the member name.
+  overlay_files = sorted(p.name for p in (output_dir / "overlays").iterdir())
+  assert overlay_files == sorted(pathlib.Path(r["overlay_path"]).name for r in out["predictions"])
+  for row in out["predictions"]:
+    folder, name = pathlib.PurePosixPath(row["overlay_path"]).parts
+    assert folder == "overlays" and ".." not in name and "/" not in name
+  assert scored["z.zip!../../escape.png"]["overlay_path"].startswith("overlays/z.zip_escape.png-")
+  assert not (tmp_path / "escape.png").exists() and not pathlib.Path("/abs/rooted.png").exists()
+  assert sorted(os.listdir(output_dir)) == ["overlays", "predictions.csv", "predictions.jsonl", "rejects.jsonl",
+                                            "summary.json"]
+  # No identifier beyond the id leaves the job.
+  for name in ("predictions.csv", "predictions.jsonl", "rejects.jsonl", "summary.json"):
+    assert "Doe" not in (output_dir / name).read_text()
+  csv_lines = (output_dir / "predictions.csv").read_text().splitlines()
+  assert len(csv_lines) == 1 + len(out["predictions"]) and csv_lines[0].startswith("id,source,sex,sex_source,")
+
+
+def test_unknown_sex_policies_are_recorded(tiny_export, make, outputs_of, tmp_path):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  (inputs / "u.png").write_bytes(make.png(make.pixels(1)))
+  (inputs / "u2.dcm").write_bytes(make.dicom(make.pixels(2), sex=None, **make.DATES))
+  _run(tiny_export, [inputs / "*"], tmp_path / "both", "--unknown_sex=both", "--gradcam=true")
+  both = outputs_of(tmp_path / "both")
+  _assert_accounted(both)
+  rows = [(r["id"], r["sex"], r["sex_source"]) for r in both["predictions"]]
+  assert rows == [("u", "F", "assumed_both"), ("u", "M", "assumed_both"), ("u2", "F", "assumed_both"),
+                  ("u2", "M", "assumed_both")]
+  assert both["summary"]["scored"] == 2 and both["summary"]["prediction_rows"] == 4
+  assert len({r["overlay_path"] for r in both["predictions"]}) == 4
+  male_rows = {r["id"]: r for r in both["predictions"] if r["sex"] == "M"}
+  assert male_rows["u2"]["chronological_age_source"] == "dicom"
+
+  _run(tiny_export, [inputs / "*"], tmp_path / "male", "--unknown_sex=male")
+  male = outputs_of(tmp_path / "male")
+  assert [(r["sex"], r["sex_source"], r["overlay_path"]) for r in male["predictions"]] == [
+      ("M", "assumed", None), ("M", "assumed", None)]
+  # The same pixels and sex give the same age whichever policy produced the row.
+  for row in male["predictions"]:
+    assert row["boneage_months"] == pytest.approx(male_rows[row["id"]]["boneage_months"], abs=1e-3)
+
+
+def test_duplicate_ids_and_twice_matched_files(tiny_export, make, outputs_of, tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  (tmp_path / "a" / "7.png").write_bytes(make.png(make.pixels(1)))
+  (tmp_path / "b" / "7.png").write_bytes(make.png(make.pixels(2)))
+  summary = _run(tiny_export, [tmp_path / "a" / "*.png", tmp_path / "a" / "7.png", tmp_path / "b" / "*.png"],
+                 tmp_path / "out", "--unknown_sex=female", "--gradcam=true")
+  out = outputs_of(tmp_path / "out")
+  _assert_accounted(out)
+  assert summary["read"] == 2
+  assert [r["source"] for r in out["predictions"]] == [str(tmp_path / "a" / "7.png")]
+  assert [(r["id"], r["reason"], r["source"]) for r in out["rejects"]] == [
+      ("7", errors.DUPLICATE_ID, str(tmp_path / "b" / "7.png"))]
+  assert len(list((tmp_path / "out" / "overlays").iterdir())) == 1  # the loser's overlay is not kept
+
+
+def test_rerun_replaces_outputs_completely(tiny_export, make, tmp_path):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  for i in range(3):
+    (inputs / f"{i}.png").write_bytes(make.png(make.pixels(i)))
+  output_dir = tmp_path / "out"
+  args = ("--unknown_sex=male", "--gradcam=true", "--batch_size=2")
+  _run(tiny_export, [inputs / "*.png"], output_dir, *args)
+  first = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+  _run(tiny_export, [inputs / "*.png"], output_dir, *args)
+  second = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+  assert second == first  # no duplicates, byte-identical
+  _run(tiny_export, [inputs / "0.png"], output_dir, *args)
+  names = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file())
+  assert len([n for n in names if n.startswith("overlays")]) == 1  # stale overlays removed
+  assert len((output_dir / "predictions.jsonl").read_text().splitlines()) == 1
+  assert not [n for n in os.listdir(output_dir) if n.startswith(".staging")]
+
+  # A run that fails inside the pipeline (a corrupt model file) leaves the
+  # previous outputs exactly as they were.
+  broken_export = tmp_path / "broken_export"
+  shutil.copytree(tiny_export, broken_export)
+  (broken_export / "model.keras").write_bytes(b"not a keras file")
+  before = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+  with pytest.raises(Exception):
+    _run(broken_export, [inputs / "*.png"], output_dir, *args)
+  after = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+  assert after == before
+  assert not [n for n in os.listdir(output_dir) if n.startswith(".staging")]
