@@ -30,10 +30,10 @@ HIGH_PERCENTILE = 99.5
 
 _FLOAT32_EXACT_COUNT = 2**24
 # The stretch's order statistics are taken on every n-th row, n chosen so about
-# this many pixels are counted: plenty for two percentiles, and it halves the
-# cost of the histogram on a 3 MP radiograph. The rows depend only on the
+# this many pixels are counted: plenty for two percentiles, and it cuts the
+# histogram cost ~6x on a 3 MP radiograph. The rows depend only on the
 # image shape, so all formats of one picture still sample the same pixels.
-_STRETCH_SAMPLE_PIXELS = 1_000_000
+_STRETCH_SAMPLE_PIXELS = 500_000
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_PALETTE = 3
@@ -82,14 +82,12 @@ def sniff_format(data: bytes) -> str | None:
   start (preamble stripped), or by a bare dataset whose first element is a
   group 0002/0008 tag (files written without any file meta header).
   """
-  data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-  if data[:8] == _PNG_SIGNATURE:
+  head = bytes(data[:132])
+  if head.startswith(_PNG_SIGNATURE):
     return "png"
-  if data[:3] == _JPEG_SOI:
+  if head.startswith(_JPEG_SOI):
     return "jpeg"
-  if data[128:132] == b"DICM" or data[:4] == b"DICM":
-    return "dicom"
-  if _looks_like_bare_dicom(bytes(data[:8])):
+  if head[128:132] == b"DICM" or head.startswith(b"DICM") or _looks_like_bare_dicom(head[:8]):
     return "dicom"
   return None
 
@@ -137,21 +135,21 @@ def decode_radiograph(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX
     from bone_age import dicom  # pylint: disable=g-import-not-at-top  (pydicom is imported lazily)
     raw, patient = dicom.decode_dicom(data, source, max_pixels=max_pixels)
   else:
-    _raise_unrecognised(data, source)
+    raise _unrecognised_format_error(data, source)
   # The decoded buffer is ours: stretching it in place saves a fresh 3 MB
   # allocation (and its page faults) per radiograph.
   return Radiograph(pixels=_normalize(raw, overwrite_input=True), source_format=image_format, patient=patient)
 
 
-def _raise_unrecognised(data: bytes, source: str):
+def _unrecognised_format_error(data: bytes, source: str) -> errors.InputError:
   if len(data) < len(_PNG_SIGNATURE) and _PNG_SIGNATURE.startswith(data):
-    raise errors.InputError(source, errors.TRUNCATED, f"file ends after {len(data)} bytes, inside the PNG signature")
+    return errors.InputError(source, errors.TRUNCATED, f"file ends after {len(data)} bytes, inside the PNG signature")
   for magic, name in _OTHER_IMAGE_MAGIC:
     if data.startswith(magic):
-      raise errors.InputError(source, errors.UNSUPPORTED_FORMAT,
-                              f"{name} images are not supported; convert to PNG or DICOM")
-  raise errors.InputError(source, errors.NOT_AN_IMAGE,
-                          f"not a PNG, JPEG or DICOM image (first bytes {data[:8]!r}, {len(data)} bytes)")
+      return errors.InputError(source, errors.UNSUPPORTED_FORMAT,
+                               f"{name} images are not supported; convert to PNG or DICOM")
+  return errors.InputError(source, errors.NOT_AN_IMAGE,
+                           f"not a PNG, JPEG or DICOM image (first bytes {data[:8]!r}, {len(data)} bytes)")
 
 
 def check_pixel_count(source: str, height_px: int, width_px: int, max_pixels: int, what: str) -> None:
