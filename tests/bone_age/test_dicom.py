@@ -369,3 +369,26 @@ def test_encode_rejects_bad_arguments(kwargs):
   pixels = kwargs.pop("pixels")
   with pytest.raises(ValueError):
     dicom.encode_dicom(pixels, **kwargs)
+
+
+def test_real_radiograph_is_the_same_picture_in_every_encoding(rsna_sample_dir):
+  """The scorer's promise: PNG and DICOM of one radiograph give the same model input."""
+  from bone_age import letterbox  # pylint: disable=g-import-not-at-top
+
+  png = (rsna_sample_dir / "images" / "1377.png").read_bytes()
+  image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+  deep = image.astype(np.uint16)
+  encodings = {
+      "png16": cv2.imencode(".png", deep * 257)[1].tobytes(),
+      "dicom16": dicom.encode_dicom(deep * 257),
+      "dicom16_monochrome1": dicom.encode_dicom(65535 - deep * 257, photometric="MONOCHROME1"),
+      "dicom12_monochrome1": dicom.encode_dicom(4095 - deep * 16, photometric="MONOCHROME1", bits_stored=12),
+      "dicom8_no_preamble": dicom.encode_dicom(image, preamble=False),
+  }
+  reference = imaging.decode_radiograph(png, "1377.png").pixels
+  reference_square, _ = letterbox.letterbox(reference, 256)
+  for name, data in encodings.items():
+    pixels = imaging.decode_radiograph(data, name).pixels
+    _assert_same_picture(pixels, reference)
+    square, _ = letterbox.letterbox(pixels, 256)
+    assert np.abs(square.astype(int) - reference_square).max() <= 1, name
