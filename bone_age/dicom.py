@@ -35,8 +35,9 @@ def decode_dicom(data: bytes, source: str, *, max_pixels: int) -> tuple[np.ndarr
       pixel data is decoded.
 
   Returns:
-    (pixels, patient): pixels is (H, W), integer or float, bone bright; not yet
-    stretched to uint8.
+    (pixels, patient): pixels is (H, W), bone bright, not yet stretched to
+    uint8: the stored integers when no LUT applies, uint16 after a modality /
+    VOI LUT or MONOCHROME1 flip, float only for RGB or > 16-bit data.
 
   Raises:
     errors.InputError: TRUNCATED, NOT_AN_IMAGE, DECOMPRESSION_BOMB or
