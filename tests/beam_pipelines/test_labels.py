@@ -1,0 +1,75 @@
+"""Label tables in the three RSNA layouts, and every kind of bad row."""
+
+import pytest
+
+from bone_age import errors
+from beam_pipelines import labels
+
+
+def _reasons(rejected):
+  return sorted(e.reason for e, _ in rejected)
+
+
+def test_train_layout_with_true_false():
+  rows, rejected = labels.parse_table("id,boneage,male\n1377,180,False\n1392,162.5,True\n", "train.csv",
+                                      labels.TRAIN_SPEC)
+  assert rejected == []
+  assert [(r.id, r.boneage_months, r.male, r.source) for r in rows] == [
+      ("1377", 180.0, False, "train.csv:2"), ("1392", 162.5, True, "train.csv:3")]
+
+
+def test_validation_layout_with_upper_case_booleans():
+  rows, rejected = labels.parse_table("Image ID,male,Bone Age (months)\n1386,FALSE,30\n1392,TRUE,162\n",
+                                      "Validation.csv", labels.VALIDATION_SPEC, split="validation")
+  assert rejected == []
+  assert [(r.id, r.boneage_months, r.male, r.split) for r in rows] == [
+      ("1386", 30.0, False, "validation"), ("1392", 162.0, True, "validation")]
+
+
+def test_test_layout_with_m_f_and_decimal_ages():
+  rows, _ = labels.parse_table("Case ID,Sex,Ground truth bone age (months)\n4360,M,168.93\n4361,F,169.65\n",
+                               "test.csv", labels.TEST_SPEC)
+  assert [(r.id, r.boneage_months, r.male) for r in rows] == [("4360", 168.93, True), ("4361", 169.65, False)]
+
+
+def test_real_official_tables_parse_completely(rsna_labels_dir):
+  for name, spec, expected in (("train.csv", labels.TRAIN_SPEC, 12611),
+                               ("Validation.csv", labels.VALIDATION_SPEC, 1425),
+                               ("test.csv", labels.TEST_SPEC, 200)):
+    rows, rejected = labels.parse_table((rsna_labels_dir / name).read_text(), name, spec)
+    assert (len(rows), rejected) == (expected, []), name
+
+
+def test_bad_rows_are_rejected_with_reason_and_line():
+  text = ("id,boneage,male\n"
+          "1,-3,True\n"       # negative age
+          "2,ten,False\n"     # non-numeric
+          "3,120,X\n"         # unknown sex
+          "4,nan,True\n"      # not finite
+          "5,300,True\n"      # above 240 months
+          ",100,True\n"       # empty id
+          "7,100\n"           # missing cell
+          "8,100,True\n")
+  rows, rejected = labels.parse_table(text, "labels.csv", labels.TRAIN_SPEC)
+  assert [r.id for r in rows] == ["8"]
+  assert _reasons(rejected) == sorted([errors.INVALID_LABEL] * 6 + [errors.UNKNOWN_SEX])
+  sources = sorted(e.source for e, _ in rejected)
+  assert sources == [f"labels.csv:{n}" for n in range(2, 9)]
+  assert {i for _, i in rejected} == {"1", "2", "3", "4", "5", None, "7"}
+
+
+def test_missing_column_is_a_layout_error_not_a_row_error():
+  with pytest.raises(ValueError, match="no column 'boneage'"):
+    labels.parse_table("id,age,male\n1,2,True\n", "labels.csv", labels.TRAIN_SPEC)
+
+
+def test_duplicates_conflicting_rows_all_rejected_identical_kept_once():
+  rows, _ = labels.parse_table("id,boneage,male\n1,10,True\n2,20,False\n1,11,True\n3,30,True\n3,30,True\n",
+                               "labels.csv", labels.TRAIN_SPEC)
+  kept, rejected = labels.resolve_duplicates(rows)
+  assert [r.id for r in kept] == ["2", "3"]
+  assert sorted((i, e.reason) for e, i in rejected) == [
+      ("1", errors.DUPLICATE_ID), ("1", errors.DUPLICATE_ID), ("3", errors.DUPLICATE_ID)]
+  # Same decision whatever the row order.
+  kept_reversed, rejected_reversed = labels.resolve_duplicates(list(reversed(rows)))
+  assert [r.id for r in kept_reversed] == ["2", "3"] and len(rejected_reversed) == 3
