@@ -69,6 +69,8 @@ def _decode_dataset(dataset, source: str, max_pixels: int) -> tuple[np.ndarray, 
 def _read_dataset(data: bytes, source: str):
   import pydicom  # pylint: disable=g-import-not-at-top
 
+  if data[:4] == b"DICM":  # Preamble stripped but prefix kept: put the preamble back.
+    data = bytes(128) + data
   try:
     dataset = pydicom.dcmread(io.BytesIO(data), force=True)
   except Exception as error:  # pylint: disable=broad-except  (pydicom raises many types on garbage)

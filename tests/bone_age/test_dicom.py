@@ -192,6 +192,12 @@ def test_without_preamble():
   _assert_same_picture(_decode(data).pixels, tolerance=0)
 
 
+def test_dicm_prefix_without_preamble():
+  data = dicom.encode_dicom(IMAGE)[128:]
+  assert data.startswith(b"DICM")
+  _assert_same_picture(_decode(data, "stripped.dcm").pixels, tolerance=0)
+
+
 def test_bare_implicit_vr_dataset_without_file_meta():
   dataset = pydicom.dcmread(io.BytesIO(dicom.encode_dicom(IMAGE)))
   del dataset.file_meta
