@@ -66,6 +66,14 @@ def test_aspect_ratio_is_kept():
   assert abs((bottom - top) - (right - left)) <= 1
 
 
+def test_views_are_accepted():
+  image = np.random.default_rng(1).integers(0, 256, (90, 60), dtype=np.uint8)
+  flipped = image[:, ::-1]
+  square, _ = letterbox.letterbox(flipped, 30)
+  expected, _ = letterbox.letterbox(np.ascontiguousarray(flipped), 30)
+  np.testing.assert_array_equal(square, expected)
+
+
 def test_transform_dict_roundtrip_through_json():
   _, transform = letterbox.letterbox(_white(2080, 1600), 384)
   restored = letterbox.LetterboxTransform.from_dict(json.loads(json.dumps(transform.to_dict())))
