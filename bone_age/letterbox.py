@@ -113,7 +113,6 @@ def letterbox(pixels: np.ndarray, size_px: int) -> tuple[np.ndarray, LetterboxTr
   pixels = np.asarray(pixels)
   if pixels.ndim != 2 or pixels.dtype != np.uint8:
     raise ValueError(f"expected a (H, W) uint8 image, got {pixels.dtype} of shape {pixels.shape}")
-  pixels = np.ascontiguousarray(pixels)  # cv2 cannot read flipped or column-strided views.
   transform = letterbox_transform(pixels.shape[0], pixels.shape[1], size_px)
   content_size = (transform.content_width_px, transform.content_height_px)
   if content_size == (pixels.shape[1], pixels.shape[0]):
