@@ -1,0 +1,173 @@
+"""Each manual_dir layout builds, with the right splits, labels and age-group edges."""
+
+import pathlib
+
+import apache_beam as beam
+import cv2
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import tfds_rsna  # pylint: disable=unused-import  # registers rsna_bone_age
+from bone_age import age_groups
+from bone_age import dicom
+from tfds_rsna.rsna_bone_age import layouts
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DUMMY_DATA = REPO_ROOT / "tfds_rsna" / "rsna_bone_age" / "dummy_data"
+
+
+def _hand(seed, height=70, width=50):
+  rng = np.random.default_rng(seed)
+  image = np.full((height, width), 10, np.uint8)
+  image[8:height - 8, 12:width - 12] = rng.integers(120, 250)
+  return image
+
+
+def _png(seed):
+  return cv2.imencode(".png", _hand(seed))[1].tobytes()
+
+
+def _build(manual_dir, data_dir):
+  builder = tfds.builder("rsna_bone_age/128px", data_dir=data_dir)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP,
+      beam_options=beam.options.pipeline_options.PipelineOptions(
+          ["--runner=DirectRunner", "--direct_running_mode=in_memory"])))
+  examples = {}
+  for split in builder.info.splits:
+    for ex in tfds.as_numpy(builder.as_dataset(split=split)):
+      examples[ex["id"].decode()] = (split, ex)
+  return builder, examples
+
+
+def _official_dir(root: pathlib.Path):
+  """The official RSNA layout: three tables in their exact published column layouts, any folder names."""
+  train = {"1377": (180, "False"), "1378": (12, "False"), "1379": (94, "False"), "1380": (120, "True"),
+           "1381": (82, "False"), "1382": (138, "True"), "1383": (150, "True"), "1384": (156, "True")}
+  validation = {"1386": (30, "FALSE"), "1392": (162, "TRUE"), "1397": (18, "FALSE")}
+  test = {"4360": ("M", "168.93"), "4361": ("F", "169.65")}
+  root.mkdir(parents=True)
+  (root / "train.csv").write_text("id,boneage,male\n" + "".join(f"{i},{a},{m}\n" for i, (a, m) in train.items()))
+  (root / "Validation.csv").write_text(
+      "Image ID,male,Bone Age (months)\n" + "".join(f"{i},{m},{a}\n" for i, (a, m) in validation.items()))
+  (root / "test.csv").write_text(
+      "Case ID,Sex,Ground truth bone age (months)\n" + "".join(f"{i},{s},{a}\n" for i, (s, a) in test.items()))
+  folders = {"boneage-training-dataset": train, "Bone Age Validation Set/boneage-validation-dataset-1": validation,
+             "Bone Age Test Set/Test Set Images": test}
+  for folder, ids in folders.items():
+    (root / folder).mkdir(parents=True)
+    for n, example_id in enumerate(ids):
+      (root / folder / f"{example_id}.png").write_bytes(_png(int(example_id) + n))
+  return train, validation, test
+
+
+def _generic_dicom_dir(root: pathlib.Path):
+  """labels.csv + images/ mixing PNG, JPEG, DICOM with .dcm and DICOM without extension."""
+  (root / "images").mkdir(parents=True)
+  ages = [10, 30, 50, 70, 90, 110, 130, 150, 170, 190, 210, 24]
+  rows = []
+  for n, age in enumerate(ages):
+    example_id = f"p{n:02d}"
+    image = _hand(n, height=90 + n, width=60)
+    kind = n % 4
+    if kind == 0:
+      (root / "images" / f"{example_id}.dcm").write_bytes(dicom.encode_dicom(image, sex="M" if n % 2 else "F"))
+    elif kind == 1:  # PACS-style: no extension, 16-bit MONOCHROME1
+      (root / "images" / example_id).write_bytes(
+          dicom.encode_dicom((255 - image).astype(np.uint16) * 257, photometric="MONOCHROME1", bits_stored=16))
+    elif kind == 2:
+      (root / "images" / f"{example_id}.jpg").write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
+    else:
+      (root / "images" / f"{example_id}.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    rows.append(f"{example_id},{age},{n % 2 == 1}")
+  (root / "labels.csv").write_text("id,boneage,male\n" + "\n".join(rows) + "\n")
+  return {f"p{n:02d}": (age, 90 + n) for n, age in enumerate(ages)}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp("layouts")
+  official = _official_dir(root / "official_manual")
+  generic = _generic_dicom_dir(root / "generic_manual")
+  return {
+      "kaggle": _build(DUMMY_DATA, root / "kaggle_out"),
+      "official": (official, *_build(root / "official_manual", root / "official_out")),
+      "generic": (generic, *_build(root / "generic_manual", root / "generic_out")),
+  }
+
+
+def test_kaggle_layout_never_builds_the_unlabeled_test_set(built):
+  builder, examples = built["kaggle"]
+  assert builder.info.metadata["layout"] == "kaggle"
+  assert len(examples) == 12 and not {"4372", "4373"} & set(examples)
+  assert builder.info.metadata["kaggle_unlabeled_test_rows_not_built"] == 2
+  assert builder.info.metadata["image_files_without_label"] == 2
+
+
+def test_official_layout_keeps_official_splits_and_exact_labels(built):
+  (train, validation, test), builder, examples = built["official"]
+  assert builder.info.metadata["layout"] == "official"
+  assert {i for i, (s, _) in examples.items() if s == "train"} == set(train)
+  assert {i for i, (s, _) in examples.items() if s == "validation"} == set(validation)
+  assert {i for i, (s, _) in examples.items() if s == "test"} == set(test)
+  assert examples["4360"][1]["boneage"] == np.float32(168.93) and examples["4360"][1]["male"] == 1
+  assert examples["4361"][1]["male"] == 0
+  assert examples["1392"][1]["male"] == 1 and examples["1386"][1]["boneage"] == 30.0
+  # Edges come from the TRAINING labels only.
+  train_ages = [a for a, _ in train.values()]
+  assert builder.info.metadata["age_group_edges_months"] == pytest.approx(age_groups.quantile_edges(train_ages, 3))
+
+
+def test_generic_layout_reads_dicom_with_and_without_extension_and_jpeg(built):
+  expected, builder, examples = built["generic"]
+  assert builder.info.metadata["layout"] == "generic"
+  assert set(examples) == set(expected) and builder.info.metadata["rejected"] == {}
+  for example_id, (_, ex) in examples.items():
+    age, height = expected[example_id]
+    assert ex["boneage"] == age and ex["original_height_px"] == height and ex["original_width_px"] == 60
+    assert ex["image"].shape == (128, 128, 1) and ex["image"].max() > 100
+
+
+def test_age_group_edges_in_metadata_match_the_examples(built):
+  for name in ("kaggle", "official", "generic"):
+    builder, examples = built[name][-2:]
+    edges = builder.info.metadata["age_group_edges_months"]
+    train_ages = [ex["boneage"] for split, ex in examples.values() if split == "train"]
+    assert edges == pytest.approx(age_groups.quantile_edges(train_ages, 3), abs=1e-4), name
+    for _, ex in examples.values():
+      assert ex["age_group"] == age_groups.assign(float(ex["boneage"]), edges)
+    # Readers without tfds_rsna see the same edges.
+    reloaded = tfds.builder_from_directory(str(builder.data_dir))
+    assert reloaded.info.metadata["age_group_edges_months"] == edges
+
+
+def test_generated_splits_are_stable_and_roughly_sized(built):
+  _, builder, examples = built["generic"]
+  counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
+  assert counts == {"train": 8, "validation": 2, "test": 2}
+
+
+def test_layout_detection_errors_are_clear(tmp_path):
+  with pytest.raises(ValueError, match="matches no supported layout"):
+    layouts.detect_layout(tmp_path)
+  (tmp_path / "labels.csv").write_text("id,boneage,male\n")
+  (tmp_path / "boneage-training-dataset.csv").write_text("id,boneage,male\n")
+  with pytest.raises(ValueError, match="matches several layouts"):
+    layouts.detect_layout(tmp_path)
+  official = tmp_path / "official"
+  official.mkdir()
+  (official / "train.csv").write_text("id,boneage,male\n")
+  (official / "Validation.csv").write_text("Image ID,male,Bone Age (months)\n")
+  with pytest.raises(ValueError, match=r"lacks \['test.csv'\]"):
+    layouts.detect_layout(official)
+  with pytest.raises(ValueError, match="does not exist"):
+    layouts.detect_layout(tmp_path / "nowhere")
+
+
+def test_an_id_with_two_image_files_is_rejected_not_guessed(tmp_path):
+  (tmp_path / "images").mkdir()
+  (tmp_path / "images" / "7.png").write_bytes(b"x")
+  (tmp_path / "images" / "7.dcm").write_bytes(b"y")
+  path, error = layouts.image_path_for("7", layouts.index_images(tmp_path))
+  assert path is None and error.reason == "duplicate_id" and "7.dcm" in error.detail
