@@ -41,6 +41,8 @@ _CARPALS = (
     ("scaphoid", 224.0, 396.0, 15.0, 11.0, 72.0),
     ("pisiform", 156.0, 376.0, 7.0, 7.0, 115.0),
 )
+# Carpals drawn a little larger than anatomy so their count and size survive 128 px.
+_CARPAL_ZOOM = 1.2
 # Months of maturity over which a carpal centre grows from a dot to full size.
 _CARPAL_GROWTH_MONTHS = 110.0
 
@@ -72,7 +74,7 @@ _FUSION_MONTHS = {"distal": 168.0, "middle": 180.0, "proximal": 188.0, "metacarp
                   "radius": 216.0}
 # Months before fusion over which a plate narrows from its full width.
 _CLOSING_MONTHS = 90.0
-_MAX_PLATE_GAP = 7.0  # reference units: bold enough to survive 128 px letterboxing
+_MAX_PLATE_GAP = 9.0  # reference units: bold enough to survive 128 px letterboxing
 _EPIPHYSIS_APPEARS_MONTHS = 12.0
 
 
@@ -170,7 +172,7 @@ def _bone_with_plate(canvas: _Canvas, start, direction, length, width, maturity,
   end = start + direction * length
   ratio = epiphysis_width_ratio(maturity)
   gap = plate_gap_units(maturity, group)
-  full_epi_height = 0.38 * width  # along the axis, at full size
+  full_epi_height = 0.45 * width  # along the axis, at full size
   epi_width = ratio * width * 1.05
   epi_height = full_epi_height * max(ratio, 0.0)
   zone = full_epi_height + gap
@@ -253,7 +255,7 @@ def draw_anatomy(boneage_months: float, male: bool, height_px: int, width_px: in
   for _, cx, cy, rx, ry, appears in _CARPALS:
     scale = carpal_radius_scale(maturity, appears)
     if scale > 0.0:
-      axes = (rx * scale * width_scale, ry * scale * width_scale)
+      axes = (rx * scale * width_scale * _CARPAL_ZOOM, ry * scale * width_scale * _CARPAL_ZOOM)
       canvas.ellipse(canvas.bone, (cx, cy), axes, 0.0, 235)
       canvas.ellipse(canvas.mask, (cx, cy), axes, 0.0, 255)
   return canvas.tissue, canvas.bone, canvas.mask
