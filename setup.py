@@ -35,7 +35,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # dill: tfds.testing (DatasetBuilderTestCase) imports it.
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3"],
+    # dill: tfds.testing.DatasetBuilderTestCase imports it; pillow: tests write palette
+    # and grey+alpha PNGs, which cv2 cannot.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
     "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
     "tpu": ["tensorflow-tpu>=2.21,<2.22"],
