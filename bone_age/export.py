@@ -70,10 +70,12 @@ def _write_saved_model(model: keras.Model, path: str) -> None:
 
   size = ba_model.image_size_px(model)
 
+  # keras.ops (not tf.*) so the same endpoint also converts under the JAX backend (jax2tf).
   def serve(image, male):
-    outputs = model({ba_model.IMAGE_INPUT: image, ba_model.MALE_INPUT: tf.reshape(male, (-1, 1))}, training=False)
+    inputs = {ba_model.IMAGE_INPUT: image, ba_model.MALE_INPUT: keras.ops.reshape(male, (-1, 1))}
+    outputs = model(inputs, training=False)
     return {
-        ba_model.AGE_OUTPUT: tf.reshape(outputs[ba_model.AGE_OUTPUT], (-1,)),
+        ba_model.AGE_OUTPUT: keras.ops.reshape(outputs[ba_model.AGE_OUTPUT], (-1,)),
         ba_model.GROUP_OUTPUT: outputs[ba_model.GROUP_OUTPUT],
     }
 

@@ -173,3 +173,16 @@ def test_one_train_step_under_jax_backend(tmp_path):
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                           check=False)
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_model_code_uses_no_tensorflow_ops():
+  # The model must also run under KERAS_BACKEND=jax: no TensorFlow import in the modules that define it.
+  import ast  # pylint: disable=g-import-not-at-top
+
+  for module in (ba_model, ba_layers):
+    with open(module.__file__, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert "tensorflow" not in imported, module.__file__
