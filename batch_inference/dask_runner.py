@@ -147,6 +147,17 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     return [bag for node, bag in self.bags.items() if node not in self.consumed]
 
 
+class _Result(dask_runner.DaskRunnerResult):
+  """Closes the client it opened once the job has finished (or failed)."""
+
+  def wait_until_finish(self, duration=None) -> str:
+    try:
+      return super().wait_until_finish(duration)
+    finally:
+      if self.state in (beam.runners.runner.PipelineState.DONE, beam.runners.runner.PipelineState.FAILED):
+        self.client.close()
+
+
 class DaskRunner(dask_runner.DaskRunner):
   """DaskRunner that computes every sink, routes tagged outputs and keeps finish_bundle outputs."""
 
@@ -162,4 +173,4 @@ class DaskRunner(dask_runner.DaskRunner):
     pipeline.visit(visitor)
     leaves = [bag for bag in visitor.leaves() if bag is not None]
     futures = client.compute(list(dask.optimize(*leaves)))
-    return dask_runner.DaskRunnerResult(client, futures)
+    return _Result(client, futures)
