@@ -1,11 +1,10 @@
 """Grad-CAM of the bone age regression head, batched, with each patient's own sex.
 
 The seed notebook computed its heatmaps with sex fixed to female, so a boy's
-heatmap explained a prediction nobody reported. Here the model is split at
-the backbone output into a feature model and a head model: one forward pass
-gives the features, one gradient tape over the (small) head per batch gives
-d(months)/d(features) for every image at once, using the same male input
-that produced the returned months. TensorFlow backend only.
+heatmap explained a prediction nobody reported. Here one forward pass per
+batch returns the backbone features and the outputs together, and one
+gradient tape gives d(months)/d(features) for every image at once, using the
+same male input that produced the returned months. TensorFlow backend only.
 """
 
 import weakref
@@ -26,20 +25,22 @@ def _gradcam_function(model: keras.Model):
     return _CACHE[model]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  features = ba_model.backbone_feature_tensor(model)
-  male_input = model.get_layer(ba_model.MALE_INPUT).output
-  feature_model = keras.Model(model.inputs, features)
-  # A functional model may start at an intermediate tensor: the head alone, so the
-  # tape records only the head whether or not the backbone is trainable.
-  head_model = keras.Model([features, male_input], model.output)
+  # Built from tensors already in the model's graph: no layer is called again,
+  # so the model gains no graph nodes and still saves (a head model starting at
+  # the intermediate tensor would re-call the head layers and break model.save).
+  grad_model = keras.Model(model.inputs, [ba_model.backbone_feature_tensor(model), model.output])
+  # Watched explicitly so the features are on the tape even when the backbone is
+  # frozen (non-trainable variables are not watched automatically). Only the
+  # gradient w.r.t. the features is asked for, so backprop stops at the head.
+  backbone_variables = [v.value for v in ba_model.backbone_feature_layer(model).weights]
   size_px = ba_model.image_size_px(model)
 
   @tf.function(reduce_retracing=True)
   def run(image, male):
-    feats = feature_model({ba_model.IMAGE_INPUT: image, ba_model.MALE_INPUT: male}, training=False)
-    with tf.GradientTape() as tape:
-      tape.watch(feats)
-      outputs = head_model([feats, male], training=False)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      for variable in backbone_variables:
+        tape.watch(variable)
+      feats, outputs = grad_model({ba_model.IMAGE_INPUT: image, ba_model.MALE_INPUT: male}, training=False)
       # Samples are independent at inference (BatchNorm uses moving stats), so the
       # gradient of the batch sum is each image's own gradient.
       target = tf.reduce_sum(outputs[ba_model.AGE_OUTPUT])

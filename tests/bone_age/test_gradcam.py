@@ -83,13 +83,31 @@ def test_frozen_backbone_and_chunking_give_the_same_maps(model):
   images = _images(4, seed=3)
   male = np.array([0, 1, 0, 1])
   _, _, whole = gradcam.predict_with_gradcam(model, images, male, batch_size=4)
-  ba_model.backbone_feature_layer(model).trainable = False
-  try:
-    _, _, chunked = gradcam.predict_with_gradcam(model, images, male, batch_size=3)
-  finally:
-    ba_model.backbone_feature_layer(model).trainable = True
+  frozen = ba_model.build_model(image_size_px=SIZE_PX, age_group_edges_months=EDGES, backbone="tiny", weights=None)
+  frozen.set_weights(model.get_weights())
+  ba_model.backbone_feature_layer(frozen).trainable = False  # fine-tuning only the head is a common recipe
+  _, _, chunked = gradcam.predict_with_gradcam(frozen, images, male, batch_size=3)
   np.testing.assert_allclose(chunked, whole, atol=1e-5)
   assert (whole.max(axis=(1, 2)) > 0).all()
+
+
+def test_model_still_saves_and_trains_after_gradcam(model, tmp_path):
+  # Grad-CAM must not add graph nodes to the model (they break model.save: "could not find node key").
+  gradcam.predict_with_gradcam(model, _images(2), np.array([0, 1]))
+  path = str(tmp_path / "after_gradcam.keras")
+  model.save(path)
+  reloaded = keras.saving.load_model(path, safe_mode=True)
+  x = {ba_model.IMAGE_INPUT: _images(2), ba_model.MALE_INPUT: np.array([[0.0], [1.0]], np.float32)}
+  np.testing.assert_allclose(reloaded(x)[ba_model.AGE_OUTPUT].numpy(), model(x)[ba_model.AGE_OUTPUT].numpy(),
+                             rtol=1e-5)
+
+
+def test_works_on_a_model_built_under_a_distribution_strategy():
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+  with strategy.scope():
+    model = ba_model.build_model(image_size_px=SIZE_PX, age_group_edges_months=EDGES, backbone="tiny", weights=None)
+  months, _, heatmaps = gradcam.predict_with_gradcam(model, _images(2), np.array([0, 1]))
+  assert months.shape == (2,) and (heatmaps.max(axis=(1, 2)) > 0).all()
 
 
 def test_mixed_bfloat16_model_gives_finite_maps():
