@@ -65,6 +65,7 @@ def _official_dir(root: pathlib.Path):
 def _generic_dicom_dir(root: pathlib.Path):
   """labels.csv + images/ mixing PNG, JPEG, DICOM with .dcm and DICOM without extension."""
   (root / "images").mkdir(parents=True)
+  (root / "masks").mkdir()  # as boneage-phantoms writes: same stems, not images to build
   ages = [10, 30, 50, 70, 90, 110, 130, 150, 170, 190, 210, 24]
   rows = []
   for n, age in enumerate(ages):
@@ -80,6 +81,7 @@ def _generic_dicom_dir(root: pathlib.Path):
       (root / "images" / f"{example_id}.jpg").write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
     else:
       (root / "images" / f"{example_id}.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    (root / "masks" / f"{example_id}.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
     rows.append(f"{example_id},{age},{n % 2 == 1}")
   (root / "labels.csv").write_text("id,boneage,male\n" + "\n".join(rows) + "\n")
   return {f"p{n:02d}": (age, 90 + n) for n, age in enumerate(ages)}

@@ -8,11 +8,13 @@
             layout, with their image folders below; the official splits.
   generic:  labels.csv (id,boneage,male) + images/<id>.<png|jpg|jpeg|dcm|none>,
             the layout of the phantoms, of the RSNA sample and of a hospital
-            export.
+            export. Only `images/` is searched: other folders may hold files
+            with the same stems (the phantoms' `masks/<id>.png`).
 
-Images are found by file stem anywhere below `manual_dir`, so any folder
-naming works; an id with two image files (`1.png` and `1.dcm`) is ambiguous
-and rejected rather than guessed.
+Images are found by file stem anywhere below the layout's image root
+(`manual_dir` itself for Kaggle and official), so any folder naming works; an
+id with two image files (`1.png` and `1.dcm`) is ambiguous and rejected
+rather than guessed.
 """
 
 import dataclasses
@@ -28,6 +30,7 @@ KAGGLE, OFFICIAL, GENERIC = "kaggle", "official", "generic"
 KAGGLE_TRAIN_TABLE = "boneage-training-dataset.csv"
 KAGGLE_TEST_TABLE = "boneage-test-dataset.csv"
 GENERIC_TABLE = "labels.csv"
+GENERIC_IMAGES_DIR = "images"
 OFFICIAL_TABLES = (  # file name (case-insensitive), columns, split
     ("train.csv", labels_lib.TRAIN_SPEC, splits.TRAIN),
     ("validation.csv", labels_lib.VALIDATION_SPEC, splits.VALIDATION),
@@ -44,10 +47,12 @@ class Layout:
   Attributes:
     name: kaggle / official / generic.
     tables: (path, column spec, official split or None) per label table.
+    image_root: Folder searched (recursively) for image files.
     unlabeled_table: The Kaggle unlabeled test table, if present.
   """
   name: str
   tables: tuple[tuple[epath.Path, labels_lib.TableSpec, str | None], ...]
+  image_root: epath.Path
   unlabeled_table: epath.Path | None = None
 
   @property
@@ -72,7 +77,7 @@ def detect_layout(manual_dir) -> Layout:
   files = _top_level_files(manual_dir)
   candidates = []
   if KAGGLE_TRAIN_TABLE in files:
-    candidates.append(Layout(KAGGLE, ((files[KAGGLE_TRAIN_TABLE], labels_lib.TRAIN_SPEC, None),),
+    candidates.append(Layout(KAGGLE, ((files[KAGGLE_TRAIN_TABLE], labels_lib.TRAIN_SPEC, None),), manual_dir,
                              unlabeled_table=files.get(KAGGLE_TEST_TABLE)))
   official_found = [name for name, _, _ in OFFICIAL_TABLES if name in files]
   if official_found:
@@ -81,9 +86,11 @@ def detect_layout(manual_dir) -> Layout:
       raise ValueError(
           f"manual_dir {manual_dir} looks like the official RSNA layout ({official_found} found) but lacks "
           f"{missing}: put train.csv, Validation.csv and test.csv next to their image folders")
-    candidates.append(Layout(OFFICIAL, tuple((files[name], spec, split) for name, spec, split in OFFICIAL_TABLES)))
+    candidates.append(Layout(
+        OFFICIAL, tuple((files[name], spec, split) for name, spec, split in OFFICIAL_TABLES), manual_dir))
   if GENERIC_TABLE in files:
-    candidates.append(Layout(GENERIC, ((files[GENERIC_TABLE], labels_lib.TRAIN_SPEC, None),)))
+    candidates.append(Layout(GENERIC, ((files[GENERIC_TABLE], labels_lib.TRAIN_SPEC, None),),
+                             manual_dir / GENERIC_IMAGES_DIR))
   if len(candidates) == 1:
     return candidates[0]
   expected = (f"Kaggle ({KAGGLE_TRAIN_TABLE} + images), official RSNA (train.csv, Validation.csv, test.csv + "
@@ -95,10 +102,12 @@ def detect_layout(manual_dir) -> Layout:
                    f"keep the label tables of one layout only. Expected {expected}")
 
 
-def index_images(manual_dir) -> dict[str, list[str]]:
-  """{file stem: [paths]} of every candidate image file below `manual_dir`."""
+def index_images(image_root) -> dict[str, list[str]]:
+  """{file stem: [paths]} of every candidate image file below `image_root` (none if it is absent)."""
   index: dict[str, list[str]] = {}
-  for folder, _, file_names in epath.Path(manual_dir).walk():
+  if not epath.Path(image_root).is_dir():
+    return index
+  for folder, _, file_names in epath.Path(image_root).walk():
     for name in file_names:
       path = epath.Path(folder) / name
       if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:

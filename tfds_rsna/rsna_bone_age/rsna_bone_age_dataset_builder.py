@@ -106,7 +106,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     except ValueError as e:
       raise ValueError(f"cannot compute {config.num_age_groups} age groups from {len(train_ages)} valid training "
                        f"labels in {manual_dir}: {e}") from e
-    index = layouts.index_images(manual_dir)
+    index = layouts.index_images(layout.image_root)
     records = []
     for row in rows:
       path, ambiguity = layouts.image_path_for(row.id, index)
