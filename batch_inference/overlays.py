@@ -66,7 +66,9 @@ def render(original: np.ndarray, heatmap: np.ndarray, caption: str) -> np.ndarra
   colour = cv2.applyColorMap(np.uint8(np.round(heatmap * 255.0)), cv2.COLORMAP_JET)
   blended = cv2.addWeighted(grey, 1.0 - _HEATMAP_WEIGHT, colour, _HEATMAP_WEIGHT, 0.0)
   height, width = blended.shape[:2]
-  font_scale = max(0.35, width / 900.0)
+  # The caption spans at most the image width (small overlays get small text).
+  (unit_w, _), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)
+  font_scale = max(0.2, min(width / 900.0, (width - 8) / max(unit_w, 1)))
   thickness = max(1, round(font_scale * 2))
   (_, text_h), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
   band = text_h + baseline + 8
