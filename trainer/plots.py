@@ -121,7 +121,8 @@ def error_by_age(path: str, true_months, pred_months, male, title: str = "") -> 
   return _save(fig, path)
 
 
-def write_all(output_dir: str, *, true_months, pred_months, male, confusion_matrix, group_names, title: str = "") -> list[str]:
+def write_all(output_dir: str, *, true_months, pred_months, male, confusion_matrix, group_names,
+              title: str = "") -> list[str]:
   """All four plots into output_dir; returns their file names."""
   true_months = np.asarray(true_months, dtype=np.float64)
   pred_months = np.asarray(pred_months, dtype=np.float64)
