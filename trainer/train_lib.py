@@ -158,10 +158,7 @@ class Trainer:
 
     keras.mixed_precision.set_global_policy(runtime.precision)
     with self.strategy.scope():
-      self.model = model_lib.build_model(
-          image_size_px=self.facts.image_size_px, age_group_edges_months=self.facts.age_group_edges_months,
-          backbone=config.model.backbone, weights=configs.model_weights(config),
-          dropout_image=config.model.dropout_image, dropout_fusion=config.model.dropout_fusion)
+      self.model = self._build_model(configs.model_weights(config))
       if self.num_replicas > 1:
         _set_synchronized_batchnorm(self.model, True)
       self.optimizer = build_optimizer(config, config.train.train_steps)
@@ -348,8 +345,24 @@ class Trainer:
     self._write_gradcam(step, examples)
     logging.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
+  def _build_model(self, weights):
+    c = self.config.model
+    return model_lib.build_model(
+        image_size_px=self.facts.image_size_px, age_group_edges_months=self.facts.age_group_edges_months,
+        backbone=c.backbone, weights=weights, dropout_image=c.dropout_image, dropout_fusion=c.dropout_fusion)
+
+  def _export_copy(self) -> keras.Model:
+    """The trained weights in a fresh model outside the strategy.
+
+    The export must not carry distributed variables, synchronised BatchNorm or
+    the extra graph nodes Grad-CAM adds to the training model (with them,
+    model.save fails: "could not find node key").
+    """
+    fresh = self._build_model(weights=None)
+    fresh.set_weights(self.model.get_weights())
+    return fresh
+
   def _finish(self, step: int, final_validation: dict) -> TrainResult:
-    _set_synchronized_batchnorm(self.model, False)
     export_dir = os.path.join(self.model_dir, EXPORT_SUBDIR)
     if self.worker_weights_dir:
       save_worker_weights(self.model, self.worker_weights_dir, *distribution.task(self.strategy))
@@ -357,7 +370,7 @@ class Trainer:
                          export_dir if self.chief else None, False)
     if self.chief:
       from bone_age import export  # pylint: disable=g-import-not-at-top
-      export.save_export(self.model, export_dir, {
+      export.save_export(self._export_copy(), export_dir, {
           "image_size_px": self.facts.image_size_px,
           "age_group_edges_months": self.facts.age_group_edges_months,
           "backbone": self.config.model.backbone,

@@ -1,0 +1,76 @@
+"""The tf.data pipeline on an in-test TFDS dataset: shapes, determinism, resume, held-out test split."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bone_age import errors
+from trainer import experiments
+from trainer import input_pipeline as ip
+
+
+@pytest.fixture
+def config(trainer_helpers):
+  return experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + ["augment.flip_left_right=true"])
+
+
+def test_reads_the_newest_version_and_its_metadata(phantom_data_dir, config):
+  builder = ip.load_builder(str(phantom_data_dir), config.data)
+  facts = ip.dataset_facts(builder, config.data)
+  assert facts.image_size_px == 64 and facts.version == "1.0.0"
+  assert facts.num_train_examples == 96 and facts.num_validation_examples == 32
+  assert len(facts.age_group_edges_months) == 2 and facts.age_group_edges_months[0] < facts.age_group_edges_months[1]
+
+
+def test_missing_dataset_is_an_input_error_naming_the_path(tmp_path, config):
+  with pytest.raises(errors.InputError, match="boneage-preprocess") as raised:
+    ip.load_builder(str(tmp_path), config.data)
+  assert raised.value.reason == errors.MISSING_FILE and str(tmp_path) in raised.value.source
+
+
+def test_train_batches_are_global_typed_and_deterministic(phantom_data_dir, config):
+  builder = ip.load_builder(str(phantom_data_dir), config.data)
+  first = list(ip.train_dataset(builder, config, 64).take(15))  # > one epoch (96 / 8 = 12 batches)
+  second = list(ip.train_dataset(builder, config, 64).take(15))
+  batch = first[0]
+  assert batch[ip.IMAGE].shape == (8, 64, 64, 1) and batch[ip.IMAGE].dtype == tf.uint8
+  assert batch[ip.MALE].dtype == tf.float32 and batch[ip.BONEAGE].dtype == tf.float32
+  assert batch[ip.GROUP].dtype == tf.int32
+  indices = np.concatenate([b[ip.INDEX].numpy() for b in first])
+  np.testing.assert_array_equal(indices, np.arange(15 * 8))  # every example position once, in order
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a[ip.IMAGE].numpy(), b[ip.IMAGE].numpy())
+    np.testing.assert_array_equal(a[ip.ID].numpy(), b[ip.ID].numpy())
+  epoch_ids = np.concatenate([b[ip.ID].numpy() for b in first[:12]])
+  assert len(set(epoch_ids)) == 96  # one epoch = a permutation of the training split
+  next_epoch = np.concatenate([b[ip.ID].numpy() for b in first[12:]])
+  assert not np.array_equal(next_epoch, epoch_ids[:24])  # reshuffled each epoch
+
+
+def test_iterator_checkpoint_resumes_the_exact_stream(phantom_data_dir, config, tmp_path):
+  builder = ip.load_builder(str(phantom_data_dir), config.data)
+  reference = [b[ip.ID].numpy() for b in ip.train_dataset(builder, config, 64).take(8)]
+  iterator = iter(ip.train_dataset(builder, config, 64))
+  for _ in range(3):
+    next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "it"))
+  resumed = iter(ip.train_dataset(builder, config, 64))
+  tf.train.Checkpoint(iterator=resumed).restore(path)
+  for expected in reference[3:]:
+    np.testing.assert_array_equal(next(resumed)[ip.ID].numpy(), expected)
+
+
+def test_eval_dataset_reads_validation_once_and_never_test(phantom_data_dir, config, tmp_path):
+  # A copy of the dataset without the test split's files: the trainer's reads must not notice.
+  copy = tmp_path / "data"
+  shutil.copytree(phantom_data_dir, copy)
+  for path in copy.glob("rsna_bone_age/*/*/*-test.tfrecord*"):
+    path.unlink()
+  builder = ip.load_builder(str(copy), config.data)
+  ids = np.concatenate([b[ip.ID].numpy() for b in ip.eval_dataset(builder, config, 64)])
+  assert len(ids) == 32 and len(set(ids)) == 32
+  next(iter(ip.train_dataset(builder, config, 64)))
+  with pytest.raises(ValueError, match="never reads the test split"):
+    ip.eval_dataset(builder, config, 64, split="test")
