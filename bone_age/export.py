@@ -35,6 +35,13 @@ def _gfile():
   return tf.io.gfile
 
 
+def _to_json(value):
+  """numpy scalars and arrays (e.g. metrics from the trainer) as plain JSON values."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"export metadata value {value!r} of type {type(value).__name__} is not JSON serialisable")
+
+
 def _serving_metadata(model: keras.Model, metadata: dict) -> dict:
   """Caller metadata merged with what the model itself says, checked for conflicts."""
   missing = [k for k in REQUIRED_METADATA if k not in metadata]
@@ -105,13 +112,14 @@ def save_export(model: keras.Model, export_dir: str, metadata: dict) -> None:
   Raises:
     ValueError: for missing or contradictory metadata.
   """
-  full_metadata = _serving_metadata(model, metadata)
+  # Serialised before anything is written, so bad metadata leaves no half export.
+  metadata_json = json.dumps(_serving_metadata(model, metadata), indent=2, sort_keys=True, default=_to_json)
   gfile = _gfile()
   gfile.makedirs(export_dir)
   model.save(os.path.join(export_dir, KERAS_FILE))
   _write_saved_model(model, os.path.join(export_dir, SAVED_MODEL_DIR))
   with gfile.GFile(os.path.join(export_dir, EXPORT_METADATA_FILE), "w") as f:
-    f.write(json.dumps(full_metadata, indent=2, sort_keys=True))
+    f.write(metadata_json)
 
 
 def read_metadata(export_dir: str) -> dict:

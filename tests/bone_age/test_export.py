@@ -58,14 +58,15 @@ def test_tiny_export_layout_metadata_and_predictions(tmp_path):
   model = ba_model.build_model(image_size_px=32, age_group_edges_months=EDGES, backbone="tiny", weights=None)
   _train_one_step(model, 32)
   export_dir = str(tmp_path / "export")
-  ba_export.save_export(model, export_dir, {"backbone": "tiny", "dataset_version": "1.0.0", "experiment": "t"})
+  ba_export.save_export(model, export_dir, {"backbone": "tiny", "dataset_version": "1.0.0", "experiment": "t",
+                                           "best_validation_mae_months": np.float32(7.5)})
   assert sorted(os.listdir(export_dir)) == ["export_metadata.json", "model.keras", "saved_model"]
   with open(os.path.join(export_dir, ba_export.EXPORT_METADATA_FILE), encoding="utf-8") as f:
     metadata = json.load(f)
   assert metadata["image_size_px"] == 32
   assert metadata["age_group_edges_months"] == EDGES
   assert metadata["backbone"] == "tiny" and metadata["dataset_version"] == "1.0.0"
-  assert metadata["experiment"] == "t"
+  assert metadata["experiment"] == "t" and metadata["best_validation_mae_months"] == 7.5
   reloaded, loaded_metadata = _assert_export_matches(model, export_dir, 32)
   assert loaded_metadata == metadata
   assert ba_model.age_group_edges(reloaded) == EDGES
@@ -92,6 +93,9 @@ def test_metadata_missing_or_contradicting_the_model_is_refused(tmp_path):
                           {"backbone": "tiny", "dataset_version": "1", "age_group_edges_months": [100, 160]})
   with pytest.raises(ValueError, match="image_size_px"):
     ba_export.save_export(model, str(tmp_path / "c"), {"backbone": "tiny", "dataset_version": "1", "image_size_px": 64})
+  with pytest.raises(TypeError, match="not JSON serialisable"):
+    ba_export.save_export(model, str(tmp_path / "d"), {"backbone": "tiny", "dataset_version": "1", "bad": object()})
+  assert not (tmp_path / "d").exists()  # nothing half-written
 
 
 def test_safe_mode_refuses_a_lambda_layer_that_our_models_never_have(tmp_path):
