@@ -80,6 +80,29 @@ def _random_pose(rng, height_px: int, width_px: int) -> np.ndarray:
   return matrix
 
 
+def _grey_levels(rng, tissue: np.ndarray, bone: np.ndarray, unit_px: float) -> np.ndarray:
+  """Coverage layers -> float32 grey levels: soft tissue over background, bone on top."""
+  background = rng.uniform(4.0, 24.0)
+  tissue_level = rng.uniform(50.0, 85.0)
+  bone_level = rng.uniform(105.0, 145.0)
+  tissue_f = cv2.GaussianBlur(tissue, (0, 0), 3.0 * unit_px).astype(np.float32)
+  bone_f = cv2.GaussianBlur(bone, (0, 0), 0.7 * unit_px).astype(np.float32)
+  # Mottled mineralisation: a smooth random field modulates bone brightness by a few percent.
+  height, width = bone.shape
+  texture = rng.standard_normal((max(2, height // 12), max(2, width // 12)), dtype=np.float32)
+  bone_f *= 1.0 + 0.07 * cv2.resize(texture, (width, height), interpolation=cv2.INTER_CUBIC)
+  return np.float32(background) + tissue_f * np.float32(tissue_level / 255.0) + bone_f * np.float32(bone_level / 255.0)
+
+
+def _expose(rng, image: np.ndarray) -> np.ndarray:
+  """Detector and exposure: heel-effect gradient, then gain and gamma."""
+  height, width = image.shape
+  ramp_x = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :] * np.float32(rng.uniform(-20.0, 20.0))
+  ramp_y = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None] * np.float32(rng.uniform(-20.0, 20.0))
+  image = np.clip(image + ramp_x + ramp_y, 0.0, 255.0)
+  return np.float32(255.0 * rng.uniform(0.85, 1.15)) * (image / np.float32(255.0)) ** np.float32(rng.uniform(0.8, 1.25))
+
+
 def _add_collimation(rng, image: np.ndarray, mask: np.ndarray) -> None:
   """Unexposed bands on up to two sides, bright like a collimator shadow."""
   height, width = image.shape
@@ -132,28 +155,13 @@ def render_phantom(boneage_months: float, male: bool, seed: int, *, height_px: i
       finger_tilts_deg=rng.uniform(-_FINGER_TILT_DEG, _FINGER_TILT_DEG, len(phantom_drawing.FINGERS)))
   unit_px = min(draw_h / phantom_drawing.REFERENCE_HEIGHT, draw_w / phantom_drawing.REFERENCE_WIDTH)
 
-  background = rng.uniform(4.0, 24.0)
-  tissue_level = rng.uniform(50.0, 85.0)
-  bone_level = rng.uniform(105.0, 145.0)
-  tissue_f = cv2.GaussianBlur(tissue, (0, 0), 3.0 * unit_px).astype(np.float32)
-  bone_f = cv2.GaussianBlur(bone, (0, 0), 0.7 * unit_px).astype(np.float32)
-  # Mottled mineralisation: a smooth random field modulates bone brightness by a few percent.
-  texture = rng.standard_normal((max(2, draw_h // 12), max(2, draw_w // 12)), dtype=np.float32)
-  bone_f *= 1.0 + 0.07 * cv2.resize(texture, (draw_w, draw_h), interpolation=cv2.INTER_CUBIC)
-  image = background + tissue_f * (tissue_level / 255.0) + bone_f * (bone_level / 255.0)
-
+  image = _grey_levels(rng, tissue, bone, unit_px)
   pose = _random_pose(rng, draw_h, draw_w)
   # Replicating the border keeps the forearm running off the film whatever the pose.
   image = cv2.warpAffine(image, pose, (draw_w, draw_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
   mask = cv2.warpAffine(mask_u8, pose, (draw_w, draw_h), flags=cv2.INTER_NEAREST) >= 128
 
-  # Detector and exposure: heel-effect gradient, gain and gamma.
-  ramp_x = np.linspace(-0.5, 0.5, draw_w, dtype=np.float32)[None, :] * np.float32(rng.uniform(-20.0, 20.0))
-  ramp_y = np.linspace(-0.5, 0.5, draw_h, dtype=np.float32)[:, None] * np.float32(rng.uniform(-20.0, 20.0))
-  image += ramp_x + ramp_y
-  np.clip(image, 0.0, 255.0, out=image)
-  image = 255.0 * rng.uniform(0.85, 1.15) * (image / 255.0) ** rng.uniform(0.8, 1.25)
-
+  image = _expose(rng, image)
   _add_collimation(rng, image, mask)
   _add_side_marker(rng, image, mask)
   image += rng.standard_normal((draw_h, draw_w), dtype=np.float32) * np.float32(rng.uniform(2.0, 6.0))
