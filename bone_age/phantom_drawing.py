@@ -128,7 +128,7 @@ class _Canvas:
     return int(round(p[0])), int(round(p[1]))
 
   def ellipse(self, layer, centre, axes_units, angle_deg, value):
-    axes = (max(1, int(round(axes_units[0] * self.unit_px * 16))), max(1, int(round(axes_units[1] * self.unit_px * 16))))
+    axes = tuple(max(1, int(round(a * self.unit_px * 16))) for a in axes_units)
     cv2.ellipse(layer, self.fixed(centre), axes, angle_deg, 0, 360, int(value), -1, cv2.LINE_AA, 4)
 
   def polygon(self, layer, points_units, value):
