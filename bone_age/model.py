@@ -162,8 +162,9 @@ def backbone_feature_tensor(model: keras.Model):
   gives features and predictions from one forward pass.
   """
   layer = backbone_feature_layer(model)
-  # Node 0 (for a nested functional model: the first call site in an outer graph)
-  # is how the backbone was wired into `model`; its output lives in the outer graph.
+  # Each call of the backbone on a symbolic tensor is one inbound node; the one
+  # wired into `model` is the node whose output is reachable from model.inputs
+  # (another model sharing the backbone would add nodes of its own).
   outer_nodes = [node for node in layer._inbound_nodes if node.operation is layer]  # pylint: disable=protected-access
   for node in outer_nodes:
     tensors = node.output_tensors
