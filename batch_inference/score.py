@@ -1,7 +1,7 @@
 """boneage-score: bone age for every radiograph in files and archives, with Beam.
 
-  boneage-score --model_dir=EXPORT_OR_MODEL_DIR --inputs=PATTERN[,PATTERN...] \
-      --output_dir=DIR [--metadata_csv=CSV] [--gradcam=true] \
+  boneage-score --model_dir=EXPORT_OR_MODEL_DIR --inputs=PATTERN[,PATTERN...]
+      --output_dir=DIR [--metadata_csv=CSV] [--gradcam=true]
       [--unknown_sex=reject|both|male|female] [--batch_size=8] [Beam options]
 
 Beam options (--runner=DirectRunner|DaskRunner|DataflowRunner,
@@ -35,6 +35,7 @@ from batch_inference import records
 from batch_inference import sources
 
 DASK_RUNNER = "batch_inference.dask_runner.DaskRunner"
+_HELP_FLAGS = ("--help", "-h", "--helpfull", "-?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
   """
   fv = flags.FlagValues()
   _define_flags(fv)
-  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+  if any(a in _HELP_FLAGS for a in argv):
     print(__doc__ + "\n" + fv.get_help())
     sys.exit(0)
   leftover = fv(["boneage-score", *argv], known_only=True)[1:]
@@ -199,8 +200,18 @@ def main(argv=None) -> None:
   """Console script: absl app whose leftover arguments are Beam options."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
-  # absl would refuse Beam's flags; run() parses ours and hands the rest to Beam.
-  app.run(lambda args: run(args[1:]), argv=argv, flags_parser=lambda args: list(args))
+  app.run(_absl_main, argv=argv, flags_parser=_absl_flags_parser)
+
+
+def _absl_main(args: list[str]) -> None:
+  run(args[1:])  # returns None: absl turns main's return value into the exit status
+
+
+def _absl_flags_parser(args: list[str]) -> list[str]:
+  """absl's own flags (--verbosity, ...) only; ours and Beam's are left for run()."""
+  if any(a in _HELP_FLAGS for a in args[1:]):
+    parse_args(["--help"])  # prints our flags and exits
+  return flags.FLAGS(args, known_only=True)
 
 
 if __name__ == "__main__":

@@ -186,3 +186,13 @@ def test_rerun_replaces_outputs_completely(tiny_export, make, tmp_path):
   after = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
   assert after == before
   assert not [n for n in os.listdir(output_dir) if n.startswith(".staging")]
+
+
+def test_console_entry_point_passes_beam_options_through(tiny_export, make, outputs_of, tmp_path):
+  (tmp_path / "one.png").write_bytes(make.png(make.pixels(1)))
+  with pytest.raises(SystemExit) as exit_info:
+    score.main(["boneage-score", f"--model_dir={tiny_export}", f"--inputs={tmp_path / 'one.png'}",
+                f"--output_dir={tmp_path / 'out'}", "--unknown_sex=female", "--runner=DirectRunner",
+                "--direct_num_workers=1"])
+  assert exit_info.value.code in (None, 0)
+  assert outputs_of(tmp_path / "out")["summary"]["scored"] == 1
