@@ -11,7 +11,6 @@ are refused with a reason instead of being read.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import posixpath
