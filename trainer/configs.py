@@ -54,6 +54,10 @@ class ModelConfig:
   weights: str = "imagenet"  # "imagenet", "none" (random init) or a local weights file.
   dropout_image: float = 0.5
   dropout_fusion: float = 0.4
+  # BatchNorm moving-average momentum during training; 0 = the model's own (0.99).
+  # 0.99 averages over ~700 steps: longer than a short CPU run, whose inference
+  # statistics would then lag far behind the weights.
+  batchnorm_momentum: float = 0.0
 
 
 @dataclasses.dataclass
@@ -247,6 +251,7 @@ def validate(config: ExperimentConfig) -> None:
   need(0 <= a.zoom_max_fraction < 1, "augment.zoom_max_fraction must be in [0, 1)")
   need(0 <= a.brightness_max_delta <= 1, "augment.brightness_max_delta must be in [0, 1]")
   need(0 <= a.contrast_max_fraction < 1, "augment.contrast_max_fraction must be in [0, 1)")
+  need(0 <= config.model.batchnorm_momentum < 1, "model.batchnorm_momentum must be in [0, 1)")
   need(0 <= config.model.dropout_image < 1 and 0 <= config.model.dropout_fusion < 1, "model dropouts must be in [0, 1)")
   need(o.learning_rate > 0, "optimizer.learning_rate must be > 0")
   need(o.schedule in LR_SCHEDULES, f"optimizer.schedule must be one of {LR_SCHEDULES}, got {o.schedule!r}")

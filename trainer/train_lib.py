@@ -112,10 +112,13 @@ def _seed_states(model: keras.Model) -> list:
   return states
 
 
-def _set_synchronized_batchnorm(model: keras.Model, synchronized: bool) -> None:
+def _configure_batchnorm(model: keras.Model, synchronized: bool, momentum: float) -> None:
+  """Training-only BatchNorm settings (the exported copy keeps the model's defaults)."""
   for layer in model._flatten_layers():  # pylint: disable=protected-access
     if isinstance(layer, keras.layers.BatchNormalization):
       layer.synchronized = synchronized
+      if momentum:
+        layer.momentum = momentum
 
 
 def per_example_losses(outputs: dict, boneage_months, age_group, loss_config: configs.LossConfig):
@@ -159,8 +162,7 @@ class Trainer:
     keras.mixed_precision.set_global_policy(runtime.precision)
     with self.strategy.scope():
       self.model = self._build_model(configs.model_weights(config))
-      if self.num_replicas > 1:
-        _set_synchronized_batchnorm(self.model, True)
+      _configure_batchnorm(self.model, synchronized=self.num_replicas > 1, momentum=config.model.batchnorm_momentum)
       self.optimizer = build_optimizer(config, config.train.train_steps)
       self.optimizer.build(self.model.trainable_variables)
     self.iterator = iter(ip.train_dataset(self.builder, config, self.facts.image_size_px))
@@ -393,10 +395,20 @@ class Trainer:
 
 
 def save_worker_weights(model: keras.Model, directory: str, task_type: str, task_id: int) -> str:
-  """Every variable of the model (trainable or not) as <dir>/<task>_<id>.npz, for cross-worker checks."""
+  """Every variable of the model (trainable or not) as <dir>/<task>_<id>.npz, for cross-worker checks.
+
+  Keys are "<index>_<path>" for the first local replica's copy and
+  "replica<k>/<index>_<path>" for the other local replicas' copies.
+  """
   tf.io.gfile.makedirs(directory)
   path = os.path.join(directory, f"{task_type}_{task_id}.npz")
-  arrays = {f"{i:04d}_{v.path}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(model.variables)}
+  arrays = {}
+  for i, variable in enumerate(model.variables):
+    # A distributed variable holds one copy per local replica; save every copy so tests can compare them.
+    copies = getattr(variable.value, "values", None) or (variable.value,)
+    for replica, copy in enumerate(copies):
+      prefix = f"replica{replica}/" if replica else ""
+      arrays[f"{prefix}{i:04d}_{variable.path}"] = np.asarray(copy.numpy())
   np.savez(path, **arrays)
   return path
 
