@@ -111,7 +111,19 @@ def run(argv: list[str]) -> BuildSummary:
       download_mode=(tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if _FLAGS.overwrite
                      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   builder.download_and_prepare(download_config=download_config)
+  _copy_rejects_if_reused(builder)
   return summarize(builder)
+
+
+def _copy_rejects_if_reused(builder) -> None:
+  """A reused dataset ran no job: give --rejects the file of the build that made it."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  if not _FLAGS.rejects or epath.Path(_FLAGS.rejects).exists():
+    return
+  built = epath.Path(builder.data_dir) / "rejects.jsonl"
+  if built.exists():
+    logging.info("Dataset %s already existed; copying its rejects file to %s", builder.data_dir, _FLAGS.rejects)
+    built.copy(_FLAGS.rejects)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -139,6 +139,10 @@ def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_pat
   # The copy beside the dataset is the same file.
   assert (pathlib.Path(summary.dataset_dir) / "rejects.jsonl").read_text() == rejects_file.read_text()
   assert "-> OK" in summary.format()
+  # Asked again, the existing dataset is reused: same summary, and --rejects still gets the file.
+  again = _build(tmp_path / "manual", tmp_path / "out", "128px", IN_PROCESS, rejects=tmp_path / "again.jsonl")
+  assert again == summary
+  assert (tmp_path / "again.jsonl").read_text() == rejects_file.read_text()
 
 
 def test_tfds_build_command_line(tmp_path):
