@@ -1,5 +1,6 @@
 """bone_age.gradcam: batched Grad-CAM with each image's own sex."""
 
+
 import keras
 import numpy as np
 import pytest
@@ -18,11 +19,45 @@ def _images(n, seed=0):
 
 
 def _sex_sensitive_model():
+  """A tiny model whose Grad-CAM is provably non-trivial and depends on sex.
+
+  With random weights an image can have no positive Grad-CAM evidence at all
+  (a correct all-zero map that would make the assertions vacuous), depending on
+  the seed. Here every head kernel on the image path is non-negative, so
+  d(months)/d(features) >= 0 and the ReLU'd backbone features give a positive
+  map. Backbone channels 0-15 reach the month head only through fusion units
+  0-511, which a male sex input switches off; so a boy's map comes from
+  channels 16-31 alone and a girl's from all 32: the maps must differ.
+  """
+  keras.utils.set_random_seed(0)
   model = ba_model.build_model(image_size_px=SIZE_PX, age_group_edges_months=EDGES, backbone="tiny", weights=None)
-  # Random init already mixes sex into the head; a larger sex kernel makes the effect unmistakable.
-  sex = model.get_layer("sex_dense")
-  kernel, bias = sex.get_weights()
-  sex.set_weights([kernel * 10.0, bias])
+
+  def set_kernel(name, fn):
+    layer = model.get_layer(name)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([fn(kernel), bias])
+
+  first_half_channels = np.arange(32) < 16
+  first_half_units = np.arange(1024) < 512
+  set_kernel("image_dense", lambda k: np.abs(k) * (first_half_channels[:, None] == first_half_units[None, :]))
+  set_kernel("sex_dense", lambda k: np.abs(k) * 10.0)  # male -> large positive sex features, female -> 0
+
+  def fusion_kernel(k):
+    k = np.abs(k)
+    k[:1024] *= first_half_units[:, None] == first_half_units[None, :]  # image units, block diagonal
+    k[1024:] = np.where(first_half_units[None, :], -50.0, 0.0)  # sex features switch off units 0-511
+    return k
+
+  set_kernel("fusion_dense1", fusion_kernel)
+  set_kernel("fusion_dense2", np.abs)
+  set_kernel(ba_model.AGE_UNIT_LAYER, np.abs)
+  # Scale the month head so predictions stay inside (0, 240), away from the clamp.
+  head = model.get_layer(ba_model.AGE_UNIT_LAYER)
+  body = keras.Model(model.inputs, model.get_layer("fusion_dense2").output)
+  x = {ba_model.IMAGE_INPUT: _images(8, seed=99), ba_model.MALE_INPUT: np.zeros((8, 1), np.float32)}
+  kernel, bias = head.get_weights()
+  scale = 0.3 / float(np.mean(body(x, training=False).numpy() @ kernel))
+  head.set_weights([kernel * scale, np.full_like(bias, 0.2)])
   return model
 
 
@@ -41,7 +76,7 @@ def _reference_gradcam(model, image, male):
   grads = tape.gradient(target, feats)[0].numpy()
   cam = np.maximum((grads.mean(axis=(0, 1)) * feats[0].numpy()).sum(-1), 0.0)
   cam = tf.image.resize(cam[None, ..., None], (SIZE_PX, SIZE_PX)).numpy()[0, ..., 0]
-  return float(out[ba_model.AGE_OUTPUT][0, 0]), cam / cam.max()
+  return float(out[ba_model.AGE_OUTPUT][0, 0]), cam / cam.max() if cam.max() > 0 else cam
 
 
 def test_shapes_ranges_and_predictions_match_the_model(model):
@@ -102,12 +137,17 @@ def test_model_still_saves_and_trains_after_gradcam(model, tmp_path):
                              rtol=1e-5)
 
 
-def test_works_on_a_model_built_under_a_distribution_strategy():
+def test_works_on_a_model_built_under_a_distribution_strategy(model):
   strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
   with strategy.scope():
-    model = ba_model.build_model(image_size_px=SIZE_PX, age_group_edges_months=EDGES, backbone="tiny", weights=None)
-  months, _, heatmaps = gradcam.predict_with_gradcam(model, _images(2), np.array([0, 1]))
-  assert months.shape == (2,) and (heatmaps.max(axis=(1, 2)) > 0).all()
+    mirrored = ba_model.build_model(image_size_px=SIZE_PX, age_group_edges_months=EDGES, backbone="tiny", weights=None)
+  mirrored.set_weights(model.get_weights())
+  images, male = _images(3, seed=4), np.array([0, 1, 1])
+  months, _, heatmaps = gradcam.predict_with_gradcam(mirrored, images, male)
+  expected_months, _, expected_maps = gradcam.predict_with_gradcam(model, images, male)
+  np.testing.assert_allclose(months, expected_months, rtol=1e-5)
+  np.testing.assert_allclose(heatmaps, expected_maps, atol=1e-5)
+  assert (expected_maps.max(axis=(1, 2)) > 0).all()
 
 
 def test_mixed_bfloat16_model_gives_finite_maps():
