@@ -104,12 +104,13 @@ def demo_cpu() -> configs.ExperimentConfig:
   c.model.weights = "none"
   c.model.dropout_image = 0.1
   c.model.dropout_fusion = 0.1
-  c.optimizer.learning_rate = 1e-3
+  c.model.batchnorm_momentum = 0.9  # 2000 steps: 0.99's ~700-step average would lag the weights
+  c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.min_learning_rate = 1e-5
   c.optimizer.warmup_steps = 20
-  c.train.train_steps = 600
-  c.train.eval_every_steps = 200
-  c.train.log_every_steps = 20
+  c.train.train_steps = 2000
+  c.train.eval_every_steps = 500
+  c.train.log_every_steps = 100
   c.train.num_gradcam_images = 2
   return c

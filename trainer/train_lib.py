@@ -60,6 +60,8 @@ class TrainResult:
   best_step: int
   export_dir: str | None
   preempted: bool
+  # Training throughput after the first logging window (tracing excluded), evaluation and checkpoints excluded.
+  steady_images_per_second: float = float("nan")
 
 
 def resolve_schedule(config: configs.ExperimentConfig, facts: ip.DatasetFacts) -> configs.ExperimentConfig:
@@ -290,9 +292,11 @@ class Trainer:
     batch_log = open(self.batch_log_path, "a", encoding="utf-8") if (self.batch_log_path and self.chief) else None
     window, window_start, window_steps = np.zeros(len(_STATS)), time.perf_counter(), 0
     last_validation, preempted, stop = {}, False, False
+    first_step, self._steady_seconds, self._steady_images = step, 0.0, 0
     try:
       with checkpointing.PreemptionWatcher() as watcher:
         while step < t.train_steps and not stop:
+          step_start = time.perf_counter()
           stats, ids, indices = self._train_step(self.iterator, tf.constant(1.0 if watcher.requested else 0.0))
           step += 1
           self.step.assign(step)
@@ -306,6 +310,9 @@ class Trainer:
           if step % t.log_every_steps == 0 or step == t.train_steps:
             self._log_train(step, window, window_steps, time.perf_counter() - window_start)
             window, window_steps = np.zeros(len(_STATS)), 0
+          if step > first_step + t.log_every_steps:
+            self._steady_seconds += time.perf_counter() - step_start
+            self._steady_images += self.config.data.global_batch_size
           if stats[_STATS.index("stop")] > 0:
             self.manager.save(step)
             preempted = True
@@ -368,8 +375,9 @@ class Trainer:
     export_dir = os.path.join(self.model_dir, EXPORT_SUBDIR)
     if self.worker_weights_dir:
       save_worker_weights(self.model, self.worker_weights_dir, *distribution.task(self.strategy))
+    steady = self._steady_images / self._steady_seconds if self._steady_seconds else float("nan")
     result = TrainResult(step, final_validation, float(self.best_val_mae.numpy()), int(self.best_step.numpy()),
-                         export_dir if self.chief else None, False)
+                         export_dir if self.chief else None, False, steady)
     if self.chief:
       from bone_age import export  # pylint: disable=g-import-not-at-top
       export.save_export(self._export_copy(), export_dir, {
@@ -387,7 +395,8 @@ class Trainer:
       with tf.io.gfile.GFile(os.path.join(self.model_dir, SUMMARY_FILE), "w") as f:
         json.dump({"steps": step, "final_validation": final_validation,
                    "best_validation_mae_months": result.best_validation_mae_months,
-                   "best_step": result.best_step, "export_dir": export_dir}, f, indent=2)
+                   "best_step": result.best_step, "export_dir": export_dir,
+                   "steady_images_per_second": steady}, f, indent=2)
     logging.info("finished at step %d: final validation MAE %.2f months, best %.2f months at step %d",
                  step, final_validation.get("mae_months", float("nan")), result.best_validation_mae_months,
                  result.best_step)

@@ -19,13 +19,24 @@ SMALL_OVERRIDES = (
     "data.shuffle_buffer=64", "train.log_every_steps=5", "train.num_gradcam_images=2",
 )
 
+# The learning test's run: ~32k images (125 epochs of 256), deterministic so the
+# measured ratio (0.52 of the predict-the-mean baseline) is what every run gets.
+LEARN_OVERRIDES = (
+    "data.global_batch_size=32", "data.shuffle_buffer=1024", "train.train_steps=1000", "train.eval_every_steps=500", "train.log_every_steps=100",
+    "optimizer.learning_rate=2e-3", "model.batchnorm_momentum=0.9", "runtime.deterministic=true",
+)
+
 
 @pytest.fixture(scope="session")
 def phantom_data_dir(tmp_path_factory) -> pathlib.Path:
-  """<data_dir> holding rsna_bone_age/64px/1.0.0: 96 train, 32 validation, 48 test phantoms."""
+  """<data_dir> holding rsna_bone_age/64px/1.0.0: 256 train, 32 validation, 64 test phantoms.
+
+  Phantoms are drawn at 128 x 100 px (a few ms each) and letterboxed to 64.
+  """
   import phantom_tfds  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path_factory.mktemp("phantom_tfds")
-  phantom_tfds.build(str(data_dir), size_px=IMAGE_SIZE_PX, num_train=96, num_validation=32, num_test=48)
+  phantom_tfds.build(str(data_dir), size_px=IMAGE_SIZE_PX, num_train=256, num_validation=32, num_test=64,
+                     render_hw=(128, 100))
   return data_dir
 
 

@@ -20,7 +20,7 @@ def test_reads_the_newest_version_and_its_metadata(phantom_data_dir, config):
   builder = ip.load_builder(str(phantom_data_dir), config.data)
   facts = ip.dataset_facts(builder, config.data)
   assert facts.image_size_px == 64 and facts.version == "1.0.0"
-  assert facts.num_train_examples == 96 and facts.num_validation_examples == 32
+  assert facts.num_train_examples == 256 and facts.num_validation_examples == 32
   assert len(facts.age_group_edges_months) == 2 and facts.age_group_edges_months[0] < facts.age_group_edges_months[1]
 
 
@@ -32,20 +32,20 @@ def test_missing_dataset_is_an_input_error_naming_the_path(tmp_path, config):
 
 def test_train_batches_are_global_typed_and_deterministic(phantom_data_dir, config):
   builder = ip.load_builder(str(phantom_data_dir), config.data)
-  first = list(ip.train_dataset(builder, config, 64).take(15))  # > one epoch (96 / 8 = 12 batches)
-  second = list(ip.train_dataset(builder, config, 64).take(15))
+  first = list(ip.train_dataset(builder, config, 64).take(35))  # > one epoch (256 / 8 = 32 batches)
+  second = list(ip.train_dataset(builder, config, 64).take(35))
   batch = first[0]
   assert batch[ip.IMAGE].shape == (8, 64, 64, 1) and batch[ip.IMAGE].dtype == tf.uint8
   assert batch[ip.MALE].dtype == tf.float32 and batch[ip.BONEAGE].dtype == tf.float32
   assert batch[ip.GROUP].dtype == tf.int32
   indices = np.concatenate([b[ip.INDEX].numpy() for b in first])
-  np.testing.assert_array_equal(indices, np.arange(15 * 8))  # every example position once, in order
+  np.testing.assert_array_equal(indices, np.arange(35 * 8))  # every example position once, in order
   for a, b in zip(first, second):
     np.testing.assert_array_equal(a[ip.IMAGE].numpy(), b[ip.IMAGE].numpy())
     np.testing.assert_array_equal(a[ip.ID].numpy(), b[ip.ID].numpy())
-  epoch_ids = np.concatenate([b[ip.ID].numpy() for b in first[:12]])
-  assert len(set(epoch_ids)) == 96  # one epoch = a permutation of the training split
-  next_epoch = np.concatenate([b[ip.ID].numpy() for b in first[12:]])
+  epoch_ids = np.concatenate([b[ip.ID].numpy() for b in first[:32]])
+  assert len(set(epoch_ids)) == 256  # one epoch = a permutation of the training split
+  next_epoch = np.concatenate([b[ip.ID].numpy() for b in first[32:]])
   assert not np.array_equal(next_epoch, epoch_ids[:24])  # reshuffled each epoch
 
 

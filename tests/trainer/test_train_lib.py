@@ -1,0 +1,97 @@
+"""The training loop in-process: artifacts, TensorBoard, export, mixed_bfloat16, learning."""
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bone_age import export
+from trainer import experiments
+from trainer import train_lib
+
+
+@pytest.fixture
+def no_test_split(phantom_data_dir, tmp_path):
+  """A copy of the dataset whose test split's files are gone: training must never need them."""
+  copy = tmp_path / "data"
+  shutil.copytree(phantom_data_dir, copy)
+  removed = list(copy.glob("rsna_bone_age/*/*/*-test.tfrecord*"))
+  assert removed
+  for path in removed:
+    path.unlink()
+  return copy
+
+
+def event_tags(log_dir) -> dict:
+  tags = {}
+  for path in log_dir.glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, []).append(value.metadata.plugin_data.plugin_name)
+  return tags
+
+
+def test_run_writes_config_checkpoints_summaries_and_export(no_test_split, tmp_path, trainer_helpers):
+  config = experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + [
+      "train.train_steps=6", "train.eval_every_steps=3", "train.max_checkpoints_to_keep=1"])
+  model_dir = tmp_path / "run"
+  result = train_lib.train_and_evaluate(config, str(no_test_split), str(model_dir))
+
+  saved = json.loads((model_dir / "config.json").read_text())
+  assert saved["name"] == "demo_cpu" and saved["train"]["train_steps"] == 6
+  assert saved["train"]["checkpoint_every_steps"] == 3  # resolved, not left at 0
+  assert sorted(p.name for p in (model_dir / "checkpoints").glob("*.index")) == ["ckpt-6.index"]  # max_to_keep=1
+
+  train_tags = event_tags(model_dir / "logs" / "train")
+  for tag in ("loss", "mae_months", "group_accuracy", "learning_rate", "images_per_second"):
+    assert tag in train_tags, tag
+  assert "_hparams_/session_start_info" in train_tags
+  validation_tags = event_tags(model_dir / "logs" / "validation")
+  for tag in ("loss", "mae_months", "rmse_months", "group_accuracy", "qwk", "best_mae_months"):
+    assert len(validation_tags[tag]) == 2, tag  # one per evaluation
+  assert validation_tags["gradcam"] == ["images", "images"]
+
+  summary = json.loads((model_dir / "training_summary.json").read_text())
+  assert summary["final_validation"]["count"] == 32
+  assert summary["best_validation_mae_months"] <= summary["final_validation"]["mae_months"]
+  assert result.final_validation == summary["final_validation"]
+  _, metadata = export.load_export(str(model_dir / "export"))
+  assert metadata["image_size_px"] == 64 and metadata["backbone"] == "tiny"
+  assert metadata["dataset_version"] == "1.0.0" and len(metadata["age_group_edges_months"]) == 2
+
+
+def test_mixed_bfloat16_trains_on_cpu_with_float32_outputs(phantom_data_dir, tmp_path, trainer_helpers):
+  config = experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + [
+      "train.train_steps=4", "train.eval_every_steps=4", "runtime.precision=mixed_bfloat16"])
+  previous = keras.mixed_precision.global_policy()
+  try:
+    trainer = train_lib.Trainer(config, str(phantom_data_dir), str(tmp_path / "run"))
+    result = trainer.run()
+    assert trainer.model.get_layer("image_dense").compute_dtype == "bfloat16"
+    images = np.zeros((2, 64, 64, 1), np.uint8)
+    outputs = trainer.model({"image": images, "male": np.ones((2, 1), np.float32)}, training=False)
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+  assert outputs["boneage_months"].dtype == tf.float32 and outputs["age_group"].dtype == tf.float32
+  assert np.isfinite(result.final_validation["loss"]) and result.steps == 4
+  assert trainer.model.get_layer("image_dense").kernel.dtype == "float32"  # master weights stay float32
+
+
+def test_demo_cpu_learns_on_phantoms(phantom_data_dir, tmp_path, trainer_helpers):
+  """Test MAE <= 60% of the predict-the-training-mean baseline (margin stated in the assert)."""
+  config = experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + list(trainer_helpers.LEARN_OVERRIDES))
+  result = train_lib.train_and_evaluate(config, str(phantom_data_dir), str(tmp_path / "run"))
+  model, _ = export.load_export(result.export_dir)
+  builder = tfds.builder_from_directory(str(next(phantom_data_dir.glob("rsna_bone_age/64px/*"))))
+  train = tfds.as_numpy(builder.as_dataset("train", batch_size=-1))
+  test = tfds.as_numpy(builder.as_dataset("test", batch_size=-1))
+  predicted = model.predict({"image": test["image"], "male": test["male"].astype(np.float32)[:, None]},
+                            verbose=0)["boneage_months"][:, 0]
+  mae = float(np.mean(np.abs(predicted - test["boneage"])))
+  baseline = float(np.mean(np.abs(train["boneage"].mean() - test["boneage"])))
+  print(f"demo_cpu learning test: test MAE {mae:.2f} months, baseline {baseline:.2f}, ratio {mae / baseline:.3f}")
+  assert mae <= 0.6 * baseline, f"test MAE {mae:.1f} months vs baseline {baseline:.1f} (ratio {mae / baseline:.2f})"
