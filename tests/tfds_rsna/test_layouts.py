@@ -87,28 +87,29 @@ def _generic_dicom_dir(root: pathlib.Path):
   return {f"p{n:02d}": (age, 90 + n) for n, age in enumerate(ages)}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  root = tmp_path_factory.mktemp("layouts")
-  official = _official_dir(root / "official_manual")
-  generic = _generic_dicom_dir(root / "generic_manual")
-  return {
-      "kaggle": _build(DUMMY_DATA, root / "kaggle_out"),
-      "official": (official, *_build(root / "official_manual", root / "official_out")),
-      "generic": (generic, *_build(root / "generic_manual", root / "generic_out")),
-  }
+def _check_edges(builder, examples):
+  """Metadata edges = quantiles of the built TRAIN labels; every age_group follows them, also when reloaded."""
+  edges = builder.info.metadata["age_group_edges_months"]
+  train_ages = [ex["boneage"] for split, ex in examples.values() if split == "train"]
+  assert edges == pytest.approx(age_groups.quantile_edges(train_ages, 3), abs=1e-4)
+  for _, ex in examples.values():
+    assert ex["age_group"] == age_groups.assign(float(ex["boneage"]), edges)
+  reloaded = tfds.builder_from_directory(str(builder.data_dir))  # readers without tfds_rsna
+  assert reloaded.info.metadata["age_group_edges_months"] == edges
 
 
-def test_kaggle_layout_never_builds_the_unlabeled_test_set(built):
-  builder, examples = built["kaggle"]
+def test_kaggle_layout_never_builds_the_unlabeled_test_set(tmp_path):
+  builder, examples = _build(DUMMY_DATA, tmp_path)
   assert builder.info.metadata["layout"] == "kaggle"
   assert len(examples) == 12 and not {"4372", "4373"} & set(examples)
   assert builder.info.metadata["kaggle_unlabeled_test_rows_not_built"] == 2
   assert builder.info.metadata["image_files_without_label"] == 2
+  _check_edges(builder, examples)
 
 
-def test_official_layout_keeps_official_splits_and_exact_labels(built):
-  (train, validation, test), builder, examples = built["official"]
+def test_official_layout_keeps_official_splits_and_exact_labels(tmp_path):
+  train, validation, test = _official_dir(tmp_path / "manual")
+  builder, examples = _build(tmp_path / "manual", tmp_path / "out")
   assert builder.info.metadata["layout"] == "official"
   assert {i for i, (s, _) in examples.items() if s == "train"} == set(train)
   assert {i for i, (s, _) in examples.items() if s == "validation"} == set(validation)
@@ -119,35 +120,22 @@ def test_official_layout_keeps_official_splits_and_exact_labels(built):
   # Edges come from the TRAINING labels only.
   train_ages = [a for a, _ in train.values()]
   assert builder.info.metadata["age_group_edges_months"] == pytest.approx(age_groups.quantile_edges(train_ages, 3))
+  _check_edges(builder, examples)
 
 
-def test_generic_layout_reads_dicom_with_and_without_extension_and_jpeg(built):
-  expected, builder, examples = built["generic"]
+def test_generic_layout_reads_dicom_with_and_without_extension_and_jpeg(tmp_path):
+  expected = _generic_dicom_dir(tmp_path / "manual")
+  builder, examples = _build(tmp_path / "manual", tmp_path / "out")
   assert builder.info.metadata["layout"] == "generic"
   assert set(examples) == set(expected) and builder.info.metadata["rejected"] == {}
   for example_id, (_, ex) in examples.items():
     age, height = expected[example_id]
     assert ex["boneage"] == age and ex["original_height_px"] == height and ex["original_width_px"] == 60
     assert ex["image"].shape == (128, 128, 1) and ex["image"].max() > 100
-
-
-def test_age_group_edges_in_metadata_match_the_examples(built):
-  for name in ("kaggle", "official", "generic"):
-    builder, examples = built[name][-2:]
-    edges = builder.info.metadata["age_group_edges_months"]
-    train_ages = [ex["boneage"] for split, ex in examples.values() if split == "train"]
-    assert edges == pytest.approx(age_groups.quantile_edges(train_ages, 3), abs=1e-4), name
-    for _, ex in examples.values():
-      assert ex["age_group"] == age_groups.assign(float(ex["boneage"]), edges)
-    # Readers without tfds_rsna see the same edges.
-    reloaded = tfds.builder_from_directory(str(builder.data_dir))
-    assert reloaded.info.metadata["age_group_edges_months"] == edges
-
-
-def test_generated_splits_are_stable_and_roughly_sized(built):
-  _, builder, examples = built["generic"]
-  counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
-  assert counts == {"train": 8, "validation": 2, "test": 2}
+  # Generated split: 15% / 15% of 12.
+  assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+      "train": 8, "validation": 2, "test": 2}
+  _check_edges(builder, examples)
 
 
 def test_layout_detection_errors_are_clear(tmp_path):

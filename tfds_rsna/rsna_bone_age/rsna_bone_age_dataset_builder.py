@@ -158,5 +158,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # rejects counted by the workers go into the dataset's metadata.
     totals = examples_lib.counter_totals(pipeline_result)
     self.info.metadata["rejected"] = examples_lib.rejected_by_reason(totals)
-    self.info.metadata["written_by_counter"] = {
-        k[len("examples_"):]: v for k, v in sorted(totals.items()) if k.startswith("examples_")}
+    written = {k[len("examples_"):]: v for k, v in sorted(totals.items()) if k.startswith("examples_")}
+    self.info.metadata["written_by_counter"] = written
+    read = self.info.metadata.get("rows_read", 0)
+    rejected = sum(self.info.metadata["rejected"].values())
+    # Also printed for `tfds build`, which does not run boneage-preprocess's summary.
+    logging.warning("rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
+                    "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
+                    "OK" if read == sum(written.values()) + rejected else "MISMATCH")
