@@ -291,7 +291,10 @@ class Trainer:
                  t.train_steps, self.num_replicas, self.chief)
     batch_log = open(self.batch_log_path, "a", encoding="utf-8") if (self.batch_log_path and self.chief) else None
     window, window_start, window_steps = np.zeros(len(_STATS)), time.perf_counter(), 0
-    last_validation, preempted, stop = {}, False, False
+    # A run that already early-stopped stays stopped when rerun.
+    stop = bool(self.config.optimizer.early_stopping_patience
+                and self.stale_evals.numpy() >= self.config.optimizer.early_stopping_patience)
+    last_validation, preempted = {}, False
     first_step, self._steady_seconds, self._steady_images = step, 0.0, 0
     try:
       with checkpointing.PreemptionWatcher() as watcher:

@@ -95,3 +95,23 @@ def test_demo_cpu_learns_on_phantoms(phantom_data_dir, tmp_path, trainer_helpers
   baseline = float(np.mean(np.abs(train["boneage"].mean() - test["boneage"])))
   print(f"demo_cpu learning test: test MAE {mae:.2f} months, baseline {baseline:.2f}, ratio {mae / baseline:.3f}")
   assert mae <= 0.6 * baseline, f"test MAE {mae:.1f} months vs baseline {baseline:.1f} (ratio {mae / baseline:.2f})"
+
+
+def test_plateau_schedule_and_early_stopping_follow_the_validation_loss():
+  config = experiments.resolve("seed_512", ["optimizer.learning_rate=1e-3", "optimizer.plateau_patience=2",
+                                            "optimizer.min_learning_rate=3e-4", "optimizer.early_stopping_patience=5"])
+  trainer = object.__new__(train_lib.Trainer)  # only the schedule state, no model or data
+  trainer.config = config
+  trainer.optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+  for name, value, dtype in (("best_val_loss", np.inf, tf.float64), ("best_val_mae", np.inf, tf.float64),
+                             ("best_step", 0, tf.int64), ("plateau_wait", 0, tf.int64), ("stale_evals", 0, tf.int64)):
+    setattr(trainer, name, tf.Variable(value, dtype=dtype))
+  decisions = []
+  for step, (loss, mae) in enumerate([(1.0, 30.0), (0.9, 25.0), (0.95, 20.0), (0.95, 26.0), (0.91, 27.0),
+                                      (0.92, 27.0), (0.93, 27.0), (0.99, 27.0)], start=1):
+    stop = trainer._after_evaluation(step, {"loss": loss, "mae_months": mae})  # pylint: disable=protected-access
+    decisions.append((round(train_lib.current_learning_rate(trainer.optimizer), 6), stop))
+  # Best loss at eval 2; x0.5 after 2 stale evals (eval 4), clamped at the 3e-4 floor (eval 6); stop after 5 stale.
+  assert decisions == [(1e-3, False), (1e-3, False), (1e-3, False), (5e-4, False), (5e-4, False), (3e-4, False),
+                       (3e-4, True), (3e-4, True)]
+  assert trainer.best_val_mae.numpy() == 20.0 and trainer.best_step.numpy() == 3  # best MAE reported, not chosen
