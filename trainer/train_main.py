@@ -53,8 +53,13 @@ def _main(argv):
   if FLAGS.num_cpu_devices:
     distribution.split_host_cpu(FLAGS.num_cpu_devices)
   from trainer import train_lib  # pylint: disable=g-import-not-at-top
-  result = train_lib.train_and_evaluate(config, FLAGS.data_dir, FLAGS.model_dir, batch_log_path=FLAGS.batch_log,
-                                        worker_weights_dir=FLAGS.worker_weights_dir)
+  from bone_age import errors  # pylint: disable=g-import-not-at-top
+  try:
+    result = train_lib.train_and_evaluate(config, FLAGS.data_dir, FLAGS.model_dir, batch_log_path=FLAGS.batch_log,
+                                          worker_weights_dir=FLAGS.worker_weights_dir)
+  except errors.InputError as e:
+    print(f"boneage-train: {e}", file=sys.stderr)
+    sys.exit(2)
   if result.preempted:
     logging.warning("preempted at step %d; rerun the same command to continue", result.steps)
     sys.exit(train_lib.checkpointing.PreemptionWatcher.PREEMPTED_EXIT_CODE)

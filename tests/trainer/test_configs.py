@@ -64,3 +64,17 @@ def test_resolved_config_round_trips_through_json():
   config = experiments.resolve("xception_384", ["train.seed=7", "runtime.deterministic=true"])
   again = configs.from_dict(json.loads(configs.to_json(config)))
   assert again == config and again.name == "xception_384"
+
+
+def test_command_line_flags_become_the_runtime_config():
+  from trainer import train_main  # pylint: disable=g-import-not-at-top
+  train_main.FLAGS(["boneage-train", "--data_dir=d", "--model_dir=m", "--experiment=xception_384",
+                    "--config_override=train.train_steps=5", "--config_override=data.global_batch_size=4",
+                    "--strategy=multi_worker", "--precision=mixed_bfloat16", "--deterministic"])
+  try:
+    config = train_main.resolved_config()
+  finally:
+    train_main.FLAGS.unparse_flags()
+  assert config.name == "xception_384" and config.train.train_steps == 5 and config.data.global_batch_size == 4
+  assert (config.runtime.strategy, config.runtime.precision, config.runtime.deterministic) == (
+      "multi_worker", "mixed_bfloat16", True)
