@@ -77,6 +77,17 @@ def test_beam_options_are_the_unknown_flags():
     preprocess.parse_argv(["prog", "--manual_dir=/m"])
 
 
+def test_usage_errors_exit_2_with_a_message(capsys, tmp_path):
+  with pytest.raises(SystemExit) as exit_info:
+    preprocess.main(["boneage-preprocess", "--data_dir=/tmp/x"])
+  assert exit_info.value.code == 2 and "--manual_dir is required" in capsys.readouterr().err
+  (tmp_path / "notes.txt").write_text("no label table here")
+  with pytest.raises(SystemExit) as exit_info:
+    preprocess.main(["boneage-preprocess", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'out'}",
+                     "--config=128px", "--runner=DirectRunner"])
+  assert exit_info.value.code == 2 and "matches no supported layout" in capsys.readouterr().err
+
+
 def _png_bomb(width_px=30000, height_px=30000) -> bytes:
   def chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
