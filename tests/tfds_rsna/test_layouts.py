@@ -161,3 +161,18 @@ def test_an_id_with_two_image_files_is_rejected_not_guessed(tmp_path):
   (tmp_path / "images" / "7.dcm").write_bytes(b"y")
   path, error = layouts.image_path_for("7", layouts.index_images(tmp_path))
   assert path is None and error.reason == "duplicate_id" and "7.dcm" in error.detail
+
+
+def test_rejected_counts_fall_back_to_the_rejects_file_without_beam_metrics(tmp_path):
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from tfds_rsna.rsna_bone_age import rsna_bone_age_dataset_builder as builder_module  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  (manual / "images").mkdir(parents=True)
+  rows = [f"{i},{20 + 15 * i},{i % 2 == 0}" for i in range(10)]
+  for i in range(10):
+    (manual / "images" / f"{i}.png").write_bytes(_png(i))
+  (manual / "labels.csv").write_text("id,boneage,male\n" + "\n".join(rows + ["77,-1,True", "78,50,?"]) + "\n")
+  with mock.patch.object(builder_module.examples_lib, "counter_totals", side_effect=RuntimeError("no metrics")):
+    builder, examples = _build(manual, tmp_path / "out")
+  assert len(examples) == 10
+  assert builder.info.metadata["rejected"] == {"invalid_label": 1, "unknown_sex": 1}

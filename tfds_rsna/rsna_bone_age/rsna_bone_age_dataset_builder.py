@@ -11,6 +11,7 @@ listed in `rejects.jsonl` beside the dataset files and counted per reason in
 """
 
 import dataclasses
+import json
 import logging
 
 import tensorflow_datasets as tfds
@@ -153,11 +154,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """The split's examples from the shared Beam stage, as (id, example)."""
     return examples_lib.SelectSplit(examples, split)
 
+  def _count_rejects_file(self) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in (self.data_path / REJECTS_FILE).read_text().splitlines():
+      reason = json.loads(line)["reason"]
+      counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
   def _process_pipeline_result(self, pipeline_result) -> None:
     # Runs after the Beam job, before the DatasetInfo is written: the
     # rejects counted by the workers go into the dataset's metadata.
-    totals = examples_lib.counter_totals(pipeline_result)
-    self.info.metadata["rejected"] = examples_lib.rejected_by_reason(totals)
+    try:
+      totals = examples_lib.counter_totals(pipeline_result)
+      rejected_counts = examples_lib.rejected_by_reason(totals)
+    except Exception as e:  # pylint: disable=broad-except
+      # Some runners cannot query metrics; the rejects file has the same facts.
+      logging.warning("Beam counters unavailable (%r); counting %s instead", e, REJECTS_FILE)
+      totals, rejected_counts = {}, self._count_rejects_file()
+    self.info.metadata["rejected"] = rejected_counts
     written = {k[len("examples_"):]: v for k, v in sorted(totals.items()) if k.startswith("examples_")}
     self.info.metadata["written_by_counter"] = written
     read = self.info.metadata.get("rows_read", 0)
