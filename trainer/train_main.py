@@ -30,6 +30,7 @@ flags.DEFINE_bool("deterministic", False, "Op determinism + seeds: reruns and re
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the host CPU into N logical devices (mirrored on CPU).")
 flags.DEFINE_string("batch_log", None, "Append 'step, example indices, ids' of every consumed batch here (chief).")
 flags.DEFINE_string("worker_weights_dir", None, "Every worker saves its final weights here as <task>_<id>.npz.")
+flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit without training.")
 flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
@@ -48,6 +49,9 @@ def _main(argv):
     config = resolved_config()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if FLAGS.print_config:
+    print(configs.to_json(config))
+    return
   # Heavy imports after flag validation, so --help and config errors are instant.
   from trainer import distribution  # pylint: disable=g-import-not-at-top
   if FLAGS.num_cpu_devices:

@@ -1,11 +1,17 @@
 """Config resolution, overrides and validation (no TensorFlow needed)."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from trainer import configs
 from trainer import experiments
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_named_experiments_resolve_to_their_recipes():
@@ -66,15 +72,25 @@ def test_resolved_config_round_trips_through_json():
   assert again == config and again.name == "xception_384"
 
 
+
+def run_cli(*args):
+  # A subprocess: trainer.train_main's absl flags would collide with other entry points' in one process.
+  return subprocess.run([sys.executable, "-m", "trainer.train_main", "--data_dir=d", "--model_dir=m", *args],
+                        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
+                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+
+
 def test_command_line_flags_become_the_runtime_config():
-  from trainer import train_main  # pylint: disable=g-import-not-at-top
-  train_main.FLAGS(["boneage-train", "--data_dir=d", "--model_dir=m", "--experiment=xception_384",
-                    "--config_override=train.train_steps=5", "--config_override=data.global_batch_size=4",
-                    "--strategy=multi_worker", "--precision=mixed_bfloat16", "--deterministic"])
-  try:
-    config = train_main.resolved_config()
-  finally:
-    train_main.FLAGS.unparse_flags()
+  result = run_cli("--experiment=xception_384", "--config_override=train.train_steps=5",
+                   "--config_override=data.global_batch_size=4", "--strategy=multi_worker",
+                   "--precision=mixed_bfloat16", "--deterministic", "--print_config")
+  assert result.returncode == 0, result.stderr
+  config = configs.from_dict(json.loads(result.stdout))
   assert config.name == "xception_384" and config.train.train_steps == 5 and config.data.global_batch_size == 4
   assert (config.runtime.strategy, config.runtime.precision, config.runtime.deterministic) == (
       "multi_worker", "mixed_bfloat16", True)
+
+
+def test_command_line_rejects_a_bad_override_before_loading_anything():
+  result = run_cli("--config_override=train.train_steps=ten")
+  assert result.returncode != 0 and "train.train_steps: expected int" in result.stderr
