@@ -58,7 +58,7 @@ setuptools.setup(
     description="Bone age from pediatric hand radiographs: TFDS data, tf.distribute training, Beam batch scoring.",
     python_requires=">=3.11,<3.13",
     packages=setuptools.find_packages(include=["bone_age*", "beam_pipelines*", "tfds_rsna*", "trainer*", "batch_inference*", "launch*"]),
-    package_data={"tfds_rsna": ["*/README.md", "*/CITATIONS.bib", "*/checksums.tsv"], "launch": ["*.sh", "*.yaml"]},
+    package_data={"tfds_rsna": ["*/README.md", "*/CITATIONS.bib", "*/checksums.tsv", "*/TAGS.txt"], "launch": ["*.sh", "*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
