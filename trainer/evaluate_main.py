@@ -4,35 +4,46 @@
 
 --model_dir is a training run directory (holding export/) or an export
 directory itself. The dataset config is chosen by the model's image size.
+Flags live in a private FlagValues: importing this module defines no global
+absl flags, so it cannot collide with boneage-train's (both have --data_dir)
+or leave required-flag validators behind for other entry points.
 """
 
 import json
+import sys
 
-from absl import app
 from absl import flags
 
 from trainer import evaluate
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir holding rsna_bone_age/<S>px/<version>.", required=True)
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run dir (with export/) or an export dir.", required=True)
-_SPLIT = flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json, predictions.csv and plots go.",
-                                  required=True)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", evaluate.DEFAULT_BATCH_SIZE, "Images per forward pass.")
+
+def _parse_flags(argv: list[str]) -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("data_dir", None, "TFDS data dir holding rsna_bone_age/<S>px/<version>.", flag_values=fv)
+  flags.DEFINE_string("model_dir", None, "Training run dir (with export/) or an export dir.", flag_values=fv)
+  flags.DEFINE_string("split", "test", "Dataset split to evaluate.", flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "Where metrics.json, predictions.csv and plots go.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", evaluate.DEFAULT_BATCH_SIZE, "Images per forward pass.", lower_bound=1,
+                       flag_values=fv)
+  usage = f"usage: boneage-evaluate --data_dir=DATA --model_dir=RUN --output_dir=EVAL [--split=test]\n{fv.get_help()}"
+  if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
+    print(usage)
+    sys.exit(0)
+  for name in ("data_dir", "model_dir", "output_dir"):
+    flags.mark_flag_as_required(name, flag_values=fv)
+  try:
+    fv(argv)
+  except flags.Error as e:
+    sys.exit(f"boneage-evaluate: {e}\n\n{usage}")
+  return fv
 
 
-def main(argv=None):
-  if argv is None:
-    app.run(_main)
-  else:
-    _main(argv)
-
-
-def _main(argv):
-  del argv  # flags only
-  report = evaluate.evaluate(_DATA_DIR.value, _MODEL_DIR.value, _SPLIT.value, _OUTPUT_DIR.value, _BATCH_SIZE.value)
+def main(argv: list[str] | None = None) -> None:
+  """Console script `boneage-evaluate`; prints the headline metrics as JSON."""
+  fv = _parse_flags(list(sys.argv if argv is None else argv))
+  report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size)
   print(json.dumps({"split": report["split"], "overall": report["overall"], "baseline": report["baseline"]}, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(_main)
+  main()

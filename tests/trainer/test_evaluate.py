@@ -4,7 +4,6 @@ import csv
 import json
 import os
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -110,11 +109,7 @@ def test_command_line_on_an_export_dir(workspace):
   argv = ["boneage-evaluate", f"--data_dir={workspace['data_dir']}",
           f"--model_dir={os.path.join(workspace['model_dir'], 'export')}", "--split=test",
           f"--output_dir={output_dir}"]
-  flags.FLAGS(argv)
-  try:
-    evaluate_main.main(argv)
-  finally:
-    flags.FLAGS.unparse_flags()
+  evaluate_main.main(argv)
   with open(os.path.join(output_dir, evaluate.METRICS_FILE), encoding="utf-8") as f:
     assert json.load(f)["overall"]["count"] == 9
 
@@ -151,3 +146,10 @@ def test_unlabeled_rows_are_counted_not_used():
   assert report["overall"]["mae_months"] == 10.0
   assert report["baseline"]["mae_months"] == 50.0
   json.dumps(report, allow_nan=False)
+
+
+def test_command_line_names_a_missing_flag_and_defines_no_global_flags(workspace):
+  with pytest.raises(SystemExit, match="output_dir"):
+    evaluate_main.main(["boneage-evaluate", f"--data_dir={workspace['data_dir']}", "--model_dir=x"])
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  assert "output_dir" not in flags.FLAGS  # boneage-train (which defines data_dir globally) has no output_dir
