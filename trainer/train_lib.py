@@ -17,7 +17,8 @@ training on the global batch.
 
 Validation runs on every worker on the whole validation split (outside
 strategy.run, no collectives), so every worker makes the same learning-rate
-and early-stopping decisions. It reports the final and the best validation
+and early-stopping decisions. (On a TPU that means validation runs
+unreplicated; tested here only on CPU strategies.) It reports the final and the best validation
 MAE; the export is the FINAL model (validation selects nothing silently).
 
 Learning rate: `plateau` (ReduceLROnPlateau on the validation loss, the
