@@ -15,6 +15,7 @@ import dataclasses
 import io
 import math
 
+from beam_pipelines import labels
 from bone_age import errors
 from bone_age import reporting
 from batch_inference import sources
@@ -30,8 +31,8 @@ UNKNOWN_SEX_BOTH = "both"
 UNKNOWN_SEX_POLICIES = (UNKNOWN_SEX_REJECT, UNKNOWN_SEX_BOTH, "male", "female")
 
 MAX_CHRONOLOGICAL_AGE_MONTHS = 300.0  # 25 years: beyond any paediatric study
-_TRUE = frozenset({"true", "t", "1", "m", "male", "yes"})
-_FALSE = frozenset({"false", "f", "0", "female", "no"})
+# Spellings that mean "sex not known" (an empty cell, DICOM's O): such a row
+# leaves the decision to --unknown_sex; any other unrecognised value is an error.
 _UNKNOWN = frozenset({"", "unknown", "o", "other", "nan", "none"})
 
 
@@ -57,13 +58,10 @@ class Subject:
 
 
 def _parse_male(text: str) -> bool | None:
-  value = text.strip().lower()
-  if value in _TRUE:
-    return True
-  if value in _FALSE:
-    return False
-  if value in _UNKNOWN:
-    return None
+  # The label tables' parser, so the builder and the scorer read sexes alike.
+  male = labels.parse_sex(text)
+  if male is not None or text.strip().lower() in _UNKNOWN:
+    return male
   raise ValueError(f"male={text!r} is not one of true/false, 1/0, M/F")
 
 
