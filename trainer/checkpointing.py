@@ -1,11 +1,13 @@
 """Exact-resume checkpoints, chief-only writes, and preemption (SIGTERM).
 
 A checkpoint holds everything the next step depends on: model weights,
-optimizer slots and iteration count, the global step, the tf.data iterator
-(position, shuffle buffer and seed state), the dropout RNG states (Keras
-SeedGenerators, which a Keras model does not checkpoint itself) and the
-schedule's state. Restoring it and continuing consumes exactly the batches
-an uninterrupted run would have consumed.
+optimizer slots and iteration count, the global step, the dropout RNG
+states (Keras SeedGenerators, which a Keras model does not checkpoint
+itself) and the schedule's state. The input position is not stored as a
+tf.data iterator: the training stream is a pure function of the seed, so
+every worker rebuilds its own shard of it at the restored step
+(input_pipeline). Restoring and continuing consumes exactly the batches an
+uninterrupted run would have consumed.
 
 Chief-only writes, the standard MultiWorkerMirrored pattern: every worker
 calls `save` (saving may need every worker), but only the chief writes to

@@ -85,3 +85,24 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """
   task_type, task_id = task(strategy)
   return task_type == "chief" or (task_type == "worker" and task_id == 0)
+
+
+def input_context(strategy: tf.distribute.Strategy) -> tf.distribute.InputContext:
+  """Which input pipeline this process runs: one per worker of a MultiWorkerMirrored cluster.
+
+  Workers are numbered as MultiWorkerMirrored numbers them (the chief, if
+  any, first), so worker w's replicas are the global replicas
+  [w * R / N, (w + 1) * R / N) and its pipeline feeds exactly those. Every
+  other strategy has a single pipeline feeding all of its replicas.
+  """
+  num_pipelines, pipeline_id = 1, 0
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
+    jobs = resolver.cluster_spec().as_dict()
+    num_chiefs, num_workers = len(jobs.get("chief", [])), len(jobs.get("worker", []))
+    if num_chiefs + num_workers > 1:
+      task_type, task_id = task(strategy)
+      num_pipelines = num_chiefs + num_workers
+      pipeline_id = task_id if task_type == "chief" else num_chiefs + task_id
+  return tf.distribute.InputContext(num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id,
+                                    num_replicas_in_sync=strategy.num_replicas_in_sync)

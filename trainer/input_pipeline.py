@@ -1,19 +1,29 @@
 """tf.data input: the TFDS `rsna_bone_age` dataset (TFRecords) -> batches.
 
 Split into a reader (TFDS files, parallel interleaved reads, the image kept
-PNG-encoded), a decoder and a parser (augmentation), as in tensorflow/models.
+PNG-encoded, cached in memory when the split fits), a decoder and a parser
+(augmentation), as in tensorflow/models.
 
-Why every worker builds the same GLOBAL batch: exact resume restores the
-tf.data iterator from the chief's checkpoint on every worker (chief-only
-writes, the standard MultiWorkerMirrored pattern). That only works if the
-iterator state is the same on every worker, so the pipeline is identical
-everywhere and each replica takes its rows of the global batch inside the
-training step (`train_lib`). The price is redundant decoding on multi-worker
-runs: with Xception the pipeline is ~300x faster than the model on CPU, with
-the demo's tiny network only ~3x (benchmarks/bench_train.py). In exchange the
-stream is independent of the worker count, which makes runs comparable
-across topologies. Reads, decoding and
-augmentation are still parallel within each worker.
+Sharded per worker, with exact resume on every worker. The training stream
+is a GLOBAL order of encoded records that is a pure function of the seed:
+epoch e is the split (in its TFDS file order, which TFDS already shuffled
+when it wrote the files) passed through a shuffle buffer seeded with
+(seed, e); epochs are concatenated and every element is numbered by its
+global position. Worker w of N keeps only the positions that fall into its
+1/N of each global batch (rows [w*B/N, (w+1)*B/N) of every batch of B) and
+only those are decoded and augmented, so decoding work is divided by N.
+
+Why not checkpoint the tf.data iterator: only the chief's checkpoint
+survives (chief-only writes) and a sharded iterator's state (prefetched,
+already decoded rows) belongs to one worker. Instead the position is the
+checkpointed global step: a worker that restores step s rebuilds the
+stream at element s*B by starting at epoch s*B // num_examples and
+skipping the rest (less than one epoch) on ENCODED records, before any
+decoding. The checkpoint also gets smaller (no shuffle buffer in it). The
+same rule serves every strategy: one worker (default, mirrored, TPU) is
+the N=1 case, and the stream, hence training, does not depend on the
+worker count. (The global seed, which the trainer sets from the same seed,
+enters tf.data's shuffle seeds, so in-process comparisons set it too.)
 
 The test split is never read here: only the splits named in DataConfig,
 which config validation keeps distinct from `test`.
@@ -32,6 +42,8 @@ from trainer import configs
 
 # Element keys of a training/validation batch.
 IMAGE, MALE, BONEAGE, GROUP, ID, INDEX = "image", "male", "boneage_months", "age_group", "id", "index"
+# Epochs of the training stream (Dataset.range needs an end; no run gets near it).
+_MAX_EPOCHS = 1 << 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +115,14 @@ def dataset_facts(builder, data_config: configs.DataConfig) -> DatasetFacts:
       data_dir=source)
 
 
-def _read(builder, split: str, data_config: configs.DataConfig, seed: int, shuffle_files: bool) -> tf.data.Dataset:
+def _read(builder, split: str, data_config: configs.DataConfig) -> tf.data.Dataset:
+  """The split's records in a fixed order (parallel interleaved reads), images still PNG-encoded."""
   read_config = tfds.ReadConfig(
-      shuffle_seed=seed, interleave_cycle_length=data_config.num_parallel_reads,
+      interleave_cycle_length=data_config.num_parallel_reads,
       num_parallel_calls_for_interleave_files=data_config.num_parallel_reads, try_autocache=False,
-      # Keep file order a function of the seed (resume and determinism depend on it).
+      # Keep the record order fixed (resume and determinism depend on it).
       options=_deterministic_options())
-  ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+  ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
                           decoders={schema.IMAGE: tfds.decode.SkipDecoding()})
   ds = ds.map(_select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if _split_bytes(builder, split) <= data_config.cache_max_bytes:
@@ -146,20 +159,49 @@ def decode_image(png_bytes: tf.Tensor, image_size_px: int) -> tf.Tensor:
   return tf.ensure_shape(image, (image_size_px, image_size_px, 1))
 
 
-def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int) -> tf.data.Dataset:
-  """Infinite stream of GLOBAL training batches, augmented, deterministic given the seed.
+def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int, *, start_step: int = 0,
+                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+  """Infinite stream of this worker's share of every global training batch.
 
-  Each element: image (B, S, S, 1) uint8, male (B,) float32, boneage_months
-  (B,) float32, age_group (B,) int32, id (B,) string, index (B,) int64 (the
-  position of the example in the training stream: the augmentation seed and
-  what the batch log records).
+  Args:
+    builder: the TFDS builder (load_builder).
+    config: the experiment; data.global_batch_size is the batch summed over workers.
+    image_size_px: the dataset's image size.
+    start_step: global batches already consumed (the restored step): the
+      stream starts at element start_step * global_batch_size.
+    input_context: which worker this is (input_pipeline_id of
+      num_input_pipelines); None = the only one.
+
+  Returns:
+    Batches of global_batch_size / num_input_pipelines rows: image (b, S, S, 1)
+    uint8, male (b,) float32, boneage_months (b,) float32, age_group (b,)
+    int32, id (b,) string, index (b,) int64 (the global position of the
+    example in the stream: the augmentation seed and what the batch log
+    records). Deterministic given the seed.
   """
   data = config.data
   seed = config.train.seed
-  ds = _read(builder, data.train_split, data, seed, shuffle_files=True)
-  # A fresh permutation every epoch (the shuffle op's seed state is part of the iterator checkpoint).
-  ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.enumerate()
+  num_workers = input_context.num_input_pipelines if input_context else 1
+  worker = input_context.input_pipeline_id if input_context else 0
+  global_batch = data.global_batch_size
+  if global_batch % num_workers:
+    raise ValueError(f"data.global_batch_size={global_batch} is not divisible by {num_workers} workers")
+  worker_batch = global_batch // num_workers
+  num_examples = int(builder.info.splits[data.train_split].num_examples)
+  start_position = start_step * global_batch
+  first_epoch, skip = divmod(start_position, num_examples)
+
+  records = _read(builder, data.train_split, data)
+
+  def epoch_records(epoch):
+    # A fresh permutation per epoch that depends only on (seed, epoch).
+    epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+    return records.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_records)
+  ds = ds.skip(skip).enumerate(start=start_position)
+  # This worker's rows of every global batch, chosen before decoding.
+  ds = ds.filter(lambda index, _: (index % global_batch) // worker_batch == worker)
 
   def parse(index, example):
     image = decode_image(example[IMAGE], image_size_px)
@@ -167,7 +209,7 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int)
     return dict(example, **{IMAGE: image, INDEX: index})
 
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(data.global_batch_size, drop_remainder=True)
+  ds = ds.batch(worker_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_deterministic_options())
 
@@ -178,7 +220,7 @@ def eval_dataset(builder, config: configs.ExperimentConfig, image_size_px: int, 
   split = split or data.validation_split
   if split == "test":
     raise ValueError("the trainer never reads the test split (use boneage-evaluate)")
-  ds = _read(builder, split, data, config.train.seed, shuffle_files=False)
+  ds = _read(builder, split, data)
   if data.max_validation_examples:
     ds = ds.take(data.max_validation_examples)
   ds = ds.map(lambda e: dict(e, **{IMAGE: decode_image(e[IMAGE], image_size_px)}),

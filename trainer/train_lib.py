@@ -7,10 +7,13 @@ restores the epoch. A custom loop (tf.function train step, strategy.run,
 strategy.reduce of the per-replica sums, optimizer.apply under the strategy)
 works the same under default, mirrored, multi_worker and tpu, and lets a
 tf.train.Checkpoint capture the exact position (model, optimizer, step,
-tf.data iterator, dropout RNG, schedule state) for step-exact resume.
+dropout RNG, schedule state) for step-exact resume; the input position is a
+function of the step (input_pipeline), so each worker rebuilds its own
+shard of the stream at the restored step.
 
-Per step: the worker takes one GLOBAL batch from its (identical) input
-pipeline and each replica trains on its rows (see input_pipeline for why).
+Per step: each worker takes its share of the global batch from its own
+input pipeline (1/N of the rows for N workers, only those decoded) and each
+of its local replicas trains on its rows of that share.
 Multi-replica runs use synchronised BatchNorm so every replica (and worker)
 keeps identical moving statistics, i.e. the same model as one device
 training on the global batch.
@@ -168,7 +171,8 @@ class Trainer:
       _configure_batchnorm(self.model, synchronized=self.num_replicas > 1, momentum=config.model.batchnorm_momentum)
       self.optimizer = build_optimizer(config, config.train.train_steps)
       self.optimizer.build(self.model.trainable_variables)
-    self.iterator = iter(ip.train_dataset(self.builder, config, self.facts.image_size_px))
+    self.input_context = distribution.input_context(self.strategy)
+    self.iterator = None  # built in run(), at the restored step.
     self.eval_data = ip.eval_dataset(self.builder, config, self.facts.image_size_px)
 
     # Host-side loop state, checkpointed with everything else.
@@ -179,7 +183,7 @@ class Trainer:
     self.plateau_wait = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(
-        model=self.model, optimizer=self.optimizer, step=self.step, train_iterator=self.iterator,
+        model=self.model, optimizer=self.optimizer, step=self.step,
         dropout_rng=_seed_states(self.model), best_val_loss=self.best_val_loss, best_val_mae=self.best_val_mae,
         best_step=self.best_step, plateau_wait=self.plateau_wait, stale_evals=self.stale_evals)
     self.manager = checkpointing.ChiefOnlyManager(checkpoint, model_dir, self.chief,
@@ -208,15 +212,20 @@ class Trainer:
           tf.reduce_sum(tf.square(err)), tf.reduce_sum(tf.cast(pred_group == batch[ip.GROUP], tf.float32)),
           tf.cast(tf.size(err), tf.float32), stop_flag])
 
+    context = self.input_context
+    # This worker feeds the global replicas [first_replica, first_replica + local_replicas).
+    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+    first_replica = context.input_pipeline_id * local_replicas
+    rows_per_replica = context.get_per_replica_batch_size(global_batch)
+
     @tf.function
     def train_step(iterator, stop_flag):
-      batch = next(iterator)
+      batch = next(iterator)  # this worker's rows of the global batch
       rows = {k: batch[k] for k in (ip.IMAGE, ip.MALE, ip.BONEAGE, ip.GROUP)}
 
-      def replica_rows(context):
-        per_replica = global_batch // context.num_replicas_in_sync
-        start = context.replica_id_in_sync_group * per_replica
-        return {k: v[start:start + per_replica] for k, v in rows.items()}
+      def replica_rows(value_context):
+        start = (value_context.replica_id_in_sync_group - first_replica) * rows_per_replica
+        return {k: v[start:start + rows_per_replica] for k, v in rows.items()}
 
       per_replica = strategy.experimental_distribute_values_from_function(replica_rows)
       stats = strategy.run(replica_step, args=(per_replica, stop_flag))
@@ -286,11 +295,14 @@ class Trainer:
     t = self.config.train
     restored = self.manager.restore_latest()
     step = int(self.step.numpy())
+    self.iterator = iter(ip.train_dataset(self.builder, self.config, self.facts.image_size_px, start_step=step,
+                                          input_context=self.input_context))
     if not restored:
       summaries.write_hparams(self.writers.train, self.config)
     logging.info("training %s from step %d to %d on %d replica(s), chief=%s", self.config.name, step,
                  t.train_steps, self.num_replicas, self.chief)
-    batch_log = open(self.batch_log_path, "a", encoding="utf-8") if (self.batch_log_path and self.chief) else None
+    log_path = worker_batch_log_path(self.batch_log_path, self.chief, self.input_context.input_pipeline_id)
+    batch_log = open(log_path, "a", encoding="utf-8") if log_path else None
     window, window_start, window_steps = np.zeros(len(_STATS)), time.perf_counter(), 0
     # A run that already early-stopped stays stopped when rerun.
     stop = bool(self.config.optimizer.early_stopping_patience
@@ -407,6 +419,13 @@ class Trainer:
     return result
 
 
+def worker_batch_log_path(path: str | None, chief: bool, input_pipeline_id: int) -> str | None:
+  """The chief logs to `path`, other workers to `path`.worker<id> (each logs the rows it consumed)."""
+  if not path:
+    return None
+  return path if chief else f"{path}.worker{input_pipeline_id}"
+
+
 def save_worker_weights(model: keras.Model, directory: str, task_type: str, task_id: int) -> str:
   """Every variable of the model (trainable or not) as <dir>/<task>_<id>.npz, for cross-worker checks.
 
@@ -435,8 +454,9 @@ def train_and_evaluate(config: configs.ExperimentConfig, data_dir: str, model_di
     data_dir: TFDS data dir holding rsna_bone_age/<config>/<version>.
     model_dir: where checkpoints, logs, config.json and export/ go; rerunning
       with the same model_dir resumes from its newest checkpoint.
-    batch_log_path: if set, the chief appends "step<TAB>indices<TAB>ids" per
-      step (proof of which examples each step consumed).
+    batch_log_path: if set, every worker appends "step<TAB>indices<TAB>ids"
+      of the rows it consumed at each step (proof of what each step
+      consumed): the chief to this path, worker i to <path>.worker<i>.
     worker_weights_dir: if set, every worker saves its final weights there.
   """
   previous_policy = keras.mixed_precision.global_policy()

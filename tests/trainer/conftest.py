@@ -20,7 +20,9 @@ SMALL_OVERRIDES = (
 )
 
 # The learning test's run: ~32k images (125 epochs of 256), deterministic so the
-# measured ratio (0.52 of the predict-the-mean baseline) is what every run gets.
+# measured ratio is what every run gets: 0.68 of the predict-the-mean baseline
+# with seed 42. The data order alone moves it: seeds 1, 2, 42 gave 0.72, 0.51,
+# 0.68 (and 0.64, 0.67, 0.52 with the earlier, unsharded pipeline's order).
 LEARN_OVERRIDES = (
     "data.global_batch_size=32", "data.shuffle_buffer=1024", "train.train_steps=1000", "train.eval_every_steps=500", "train.log_every_steps=100",
     "optimizer.learning_rate=2e-3", "model.batchnorm_momentum=0.9", "runtime.deterministic=true",

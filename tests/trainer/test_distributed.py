@@ -1,11 +1,20 @@
-"""mirrored (2 logical CPUs) and 2-worker MultiWorkerMirrored on localhost: train, agree, checkpoint once."""
+"""mirrored (2 logical CPUs) and 2-worker MultiWorkerMirrored on localhost: train, agree, checkpoint once.
+
+The 2-worker run also proves the input is sharded per worker: each worker
+logs the rows it consumed, and per step the two halves are disjoint and
+together make the global batch of the single-worker stream.
+"""
 
 import json
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
+
+from trainer import experiments
+from trainer import input_pipeline as ip
 
 OVERRIDES = ("train.train_steps=6", "train.eval_every_steps=3")
 
@@ -31,12 +40,29 @@ def test_mirrored_on_two_logical_cpus_keeps_replicas_identical(phantom_data_dir,
   assert (model_dir / "export" / "export_metadata.json").exists()
 
 
-def test_two_workers_on_localhost_train_identically_with_chief_only_checkpoints(phantom_data_dir, tmp_path,
-                                                                               trainer_helpers):
+def read_batch_log(path) -> list[tuple[int, list[int], list[str]]]:
+  rows = []
+  for line in path.read_text().splitlines():
+    step, indices, ids = line.split("\t")
+    rows.append((int(step), [int(i) for i in indices.split(",")], ids.split(",")))
+  return rows
+
+
+def single_worker_batches(data_dir, trainer_helpers, steps: int) -> list[list[str]]:
+  """The ids of each global batch of the one-worker stream (the trainer sets the same global seed)."""
+  config = experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + list(OVERRIDES))
+  keras.utils.set_random_seed(config.train.seed)
+  builder = ip.load_builder(str(data_dir), config.data)
+  return [[i.decode() for i in b[ip.ID].numpy()] for b in ip.train_dataset(builder, config, 64).take(steps)]
+
+
+def test_two_workers_on_localhost_train_identically_on_sharded_input_with_chief_only_checkpoints(
+    phantom_data_dir, tmp_path, trainer_helpers):
   model_dir, scratch = tmp_path / "run", tmp_path / "tmp"
   scratch.mkdir()
   args = trainer_helpers.trainer_command(phantom_data_dir, model_dir, "--strategy=multi_worker",
-                                         f"--worker_weights_dir={tmp_path / 'weights'}", overrides=OVERRIDES)[3:]
+                                         f"--worker_weights_dir={tmp_path / 'weights'}",
+                                         f"--batch_log={tmp_path / 'batches.log'}", overrides=OVERRIDES)[3:]
   launcher = [sys.executable, "-m", "launch.local_multiworker", "--num_workers=2", f"--log_dir={tmp_path / 'logs'}",
               "--timeout_s=240", "--", *args]
   result = subprocess.run(launcher, cwd=trainer_helpers.REPO_ROOT, capture_output=True, text=True, timeout=300,
@@ -58,6 +84,16 @@ def test_two_workers_on_localhost_train_identically_with_chief_only_checkpoints(
   assert not [p for p in scratch.rglob("*") if "boneage_worker_ckpt" in str(p)]
   assert json.loads((model_dir / "training_summary.json").read_text())["steps"] == 6
   assert (model_dir / "export" / "model.keras").exists()
+
+  # Sharded input: worker w consumed rows [4w, 4w + 4) of each global batch of 8, and nothing else.
+  chief_rows, other_rows = read_batch_log(tmp_path / "batches.log"), read_batch_log(tmp_path / "batches.log.worker1")
+  assert [r[0] for r in chief_rows] == [r[0] for r in other_rows] == list(range(1, 7))
+  expected = single_worker_batches(phantom_data_dir, trainer_helpers, 6)
+  for (step, chief_indices, chief_ids), (_, other_indices, other_ids) in zip(chief_rows, other_rows):
+    assert chief_indices == list(range(8 * (step - 1), 8 * (step - 1) + 4))
+    assert other_indices == list(range(8 * (step - 1) + 4, 8 * step))
+    assert not set(chief_ids) & set(other_ids)
+    assert chief_ids + other_ids == expected[step - 1]
 
 
 def test_launcher_gives_each_worker_its_own_tf_config():

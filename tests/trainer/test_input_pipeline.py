@@ -1,4 +1,4 @@
-"""The tf.data pipeline on an in-test TFDS dataset: shapes, determinism, resume, held-out test split."""
+"""The tf.data pipeline on an in-test TFDS dataset: shapes, determinism, resume, sharding, held-out test split."""
 
 import shutil
 
@@ -49,17 +49,27 @@ def test_train_batches_are_global_typed_and_deterministic(phantom_data_dir, conf
   assert not np.array_equal(next_epoch, epoch_ids[:24])  # reshuffled each epoch
 
 
-def test_iterator_checkpoint_resumes_the_exact_stream(phantom_data_dir, config, tmp_path):
+def test_stream_restarts_exactly_at_any_step(phantom_data_dir, config):
   builder = ip.load_builder(str(phantom_data_dir), config.data)
-  reference = [b[ip.ID].numpy() for b in ip.train_dataset(builder, config, 64).take(8)]
-  iterator = iter(ip.train_dataset(builder, config, 64))
-  for _ in range(3):
-    next(iterator)
-  path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "it"))
-  resumed = iter(ip.train_dataset(builder, config, 64))
-  tf.train.Checkpoint(iterator=resumed).restore(path)
-  for expected in reference[3:]:
-    np.testing.assert_array_equal(next(resumed)[ip.ID].numpy(), expected)
+  reference = [b[ip.ID].numpy() for b in ip.train_dataset(builder, config, 64).take(70)]  # > 2 epochs
+  for start_step in (3, 32, 45):  # inside epoch 0, at the epoch boundary, inside epoch 1
+    resumed = [b[ip.ID].numpy() for b in ip.train_dataset(builder, config, 64, start_step=start_step).take(3)]
+    for got, expected in zip(resumed, reference[start_step:start_step + 3]):
+      np.testing.assert_array_equal(got, expected)
+
+
+def test_each_worker_decodes_only_its_rows_of_every_global_batch(phantom_data_dir, config):
+  builder = ip.load_builder(str(phantom_data_dir), config.data)
+  steps = 34  # crosses an epoch boundary
+  single = list(ip.train_dataset(builder, config, 64).take(steps))
+  shards = [list(ip.train_dataset(builder, config, 64, start_step=2, input_context=tf.distribute.InputContext(
+      num_input_pipelines=2, input_pipeline_id=w, num_replicas_in_sync=2)).take(steps - 2)) for w in (0, 1)]
+  for step, (first, second) in enumerate(zip(*shards), start=2):
+    assert first[ip.IMAGE].shape == (4, 64, 64, 1)
+    np.testing.assert_array_equal(first[ip.INDEX].numpy(), np.arange(4) + 8 * step)
+    np.testing.assert_array_equal(second[ip.INDEX].numpy(), np.arange(4, 8) + 8 * step)
+    for key in (ip.ID, ip.IMAGE):  # the global batch, split in two: same examples, same augmentation
+      np.testing.assert_array_equal(np.concatenate([first[key].numpy(), second[key].numpy()]), single[step][key].numpy())
 
 
 def test_eval_dataset_reads_validation_once_and_never_test(phantom_data_dir, config, tmp_path):
