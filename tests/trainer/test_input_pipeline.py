@@ -56,6 +56,9 @@ def test_stream_restarts_exactly_at_any_step(phantom_data_dir, config):
     resumed = [b[ip.ID].numpy() for b in ip.train_dataset(builder, config, 64, start_step=start_step).take(3)]
     for got, expected in zip(resumed, reference[start_step:start_step + 3]):
       np.testing.assert_array_equal(got, expected)
+  # Far into a run it starts at the right epoch (nothing before it is read): immediate, not 8e9 records.
+  far = next(iter(ip.train_dataset(builder, config, 64, start_step=10**9)))
+  np.testing.assert_array_equal(far[ip.INDEX].numpy(), np.arange(8) + 8 * 10**9)
 
 
 def test_each_worker_decodes_only_its_rows_of_every_global_batch(phantom_data_dir, config):
@@ -70,6 +73,18 @@ def test_each_worker_decodes_only_its_rows_of_every_global_batch(phantom_data_di
     np.testing.assert_array_equal(second[ip.INDEX].numpy(), np.arange(4, 8) + 8 * step)
     for key in (ip.ID, ip.IMAGE):  # the global batch, split in two: same examples, same augmentation
       np.testing.assert_array_equal(np.concatenate([first[key].numpy(), second[key].numpy()]), single[step][key].numpy())
+
+
+def test_a_split_that_fits_is_read_from_files_once(phantom_data_dir, config, tmp_path):
+  copy = tmp_path / "data"
+  shutil.copytree(phantom_data_dir, copy)
+  iterator = iter(ip.train_dataset(ip.load_builder(str(copy), config.data), config, 64))
+  for _ in range(40):  # past the first epoch (32 batches), which fills the cache
+    next(iterator)
+  for path in copy.glob("rsna_bone_age/*/*/*-train.tfrecord*"):
+    path.unlink()
+  for _ in range(80):  # later epochs come from memory
+    next(iterator)
 
 
 def test_eval_dataset_reads_validation_once_and_never_test(phantom_data_dir, config, tmp_path):
