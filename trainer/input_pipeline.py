@@ -12,6 +12,10 @@ when it wrote the files) passed through a shuffle buffer seeded with
 global position. Worker w of N keeps only the positions that fall into its
 1/N of each global batch (rows [w*B/N, (w+1)*B/N) of every batch of B) and
 only those are decoded and augmented, so decoding work is divided by N.
+What stays replicated is reading, not decoding: every worker reads the split's
+encoded bytes (once when the split fits the cache) and runs the shuffle
+buffer over them, which is what keeps one global order without random
+access into TFRecords.
 
 Why not checkpoint the tf.data iterator: only the chief's checkpoint
 survives (chief-only writes) and a sharded iterator's state (prefetched,
