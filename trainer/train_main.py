@@ -28,7 +28,7 @@ flags.DEFINE_enum("precision", "float32", list(configs.PRECISIONS), "Keras dtype
 flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu (default: this TPU VM).")
 flags.DEFINE_bool("deterministic", False, "Op determinism + seeds: reruns and resumes give identical weights.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the host CPU into N logical devices (mirrored on CPU).")
-flags.DEFINE_string("batch_log", None, "Append 'step, example indices, ids' of every consumed batch here (chief).")
+flags.DEFINE_string("batch_log", None, "Append step, example positions and ids of every consumed batch: the chief here, worker i at <path>.worker<i>.")
 flags.DEFINE_string("worker_weights_dir", None, "Every worker saves its final weights here as <task>_<id>.npz.")
 flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit without training.")
 flags.mark_flags_as_required(["data_dir", "model_dir"])
