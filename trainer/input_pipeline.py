@@ -7,14 +7,14 @@ PNG-encoded, cached in memory when the split fits), a decoder and a parser
 Sharded per worker, with exact resume on every worker. The training stream
 is a GLOBAL order of encoded records that is a pure function of the seed:
 epoch e is the split (in its TFDS file order, which TFDS already shuffled
-when it wrote the files) passed through a shuffle buffer seeded with
-(seed, e); epochs are concatenated and every element is numbered by its
+when it wrote the files) cut into consecutive windows of `shuffle_buffer`
+records, each permuted by a stateless shuffle seeded with (seed, e,
+window); epochs are concatenated and every element is numbered by its
 global position. Worker w of N keeps only the positions that fall into its
 1/N of each global batch (rows [w*B/N, (w+1)*B/N) of every batch of B) and
 only those are decoded and augmented, so decoding work is divided by N.
 What stays replicated is reading, not decoding: every worker reads the split's
-encoded bytes (once when the split fits the cache) and runs the shuffle
-buffer over them, which is what keeps one global order without random
+encoded bytes (once when the split fits the cache) and permutes them, which is what keeps one global order without random
 access into TFRecords.
 
 Why not checkpoint the tf.data iterator: only the chief's checkpoint
@@ -26,8 +26,10 @@ skipping the rest (less than one epoch) on ENCODED records, before any
 decoding. The checkpoint also gets smaller (no shuffle buffer in it). The
 same rule serves every strategy: one worker (default, mirrored, TPU) is
 the N=1 case, and the stream, hence training, does not depend on the
-worker count. (The global seed, which the trainer sets from the same seed,
-enters tf.data's shuffle seeds, so in-process comparisons set it too.)
+worker count. The permutation is stateless on purpose: tf.data's `shuffle`
+mixes the process-wide global seed into its seed (and, with a per-epoch
+seed tensor, fails outright when that global seed is 0), so the order would
+depend on what else ran in the process.
 
 The test split is never read here: only the splits named in DataConfig,
 which config validation keeps distinct from `test`.
@@ -200,7 +202,13 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
   def epoch_records(epoch):
     # A fresh permutation per epoch that depends only on (seed, epoch).
     epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
-    return records.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    def permute(window_index, window):
+      size = tf.shape(window[ID])[0]
+      order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=tf.stack([epoch_seed, window_index]))
+      return {k: tf.gather(v, order) for k, v in window.items()}
+
+    return records.batch(data.shuffle_buffer).enumerate().map(permute).unbatch()
 
   ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_records)
   ds = ds.skip(skip).enumerate(start=start_position)
