@@ -155,7 +155,7 @@ def peak_memory(export_dir, data_dir: pathlib.Path, copies: int, work: pathlib.P
   for copy in range(copies):
     for path in image_files(data_dir):
       link = inputs / f"{path.stem}_{copy}{path.suffix}"
-      link.symlink_to(path)
+      link.symlink_to(path.resolve())
       lines.append(f"{path.stem}_{copy},{labels[path.stem]}")
   (work / f"meta{copies}.csv").write_text("\n".join(lines) + "\n")
   argv = [f"--model_dir={export_dir}", f"--inputs={inputs}/*", f"--output_dir={work / f'out{copies}'}",
@@ -168,13 +168,18 @@ def peak_memory(export_dir, data_dir: pathlib.Path, copies: int, work: pathlib.P
   if proc.returncode != 0 or not line:
     raise RuntimeError(f"memory run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
   result = json.loads(line[0][len("BENCH_JSON "):])
+  if result["scored"] != copies * len(image_files(data_dir)):
+    # A memory figure of a run that scored nothing (or part) would say nothing.
+    raise RuntimeError(f"memory run scored {result['scored']} of {copies * len(image_files(data_dir))} images "
+                       f"({result['rejected']} rejected): see {work / f'out{copies}'}/rejects.jsonl")
   result.update(inputs=copies * len(image_files(data_dir)), wall_s=time.perf_counter() - start)
   return result
 
 
 def main(argv=None) -> dict:
   args = _parse_args(argv)
-  root = pathlib.Path(args.output_dir)
+  # Absolute: the memory runs link to these files from another folder.
+  root = pathlib.Path(args.output_dir).resolve()
   root.mkdir(parents=True, exist_ok=True)
   memory_images = args.num_images if args.memory_images is None else args.memory_images
   data_dir = ensure_dataset(root, args.num_images, args)
