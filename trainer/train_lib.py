@@ -379,9 +379,8 @@ class Trainer:
   def _export_copy(self) -> keras.Model:
     """The trained weights in a fresh model outside the strategy.
 
-    The export must not carry distributed variables, synchronised BatchNorm or
-    the extra graph nodes Grad-CAM adds to the training model (with them,
-    model.save fails: "could not find node key").
+    The export must not carry distributed variables or the synchronised
+    BatchNorm the training model uses under a multi-replica strategy.
     """
     fresh = self._build_model(weights=None)
     fresh.set_weights(self.model.get_weights())
