@@ -1,6 +1,7 @@
 # The two commands of the quickstart, plus the benchmarks.
 #   make demo   set up .venv and run the whole chain on built-in phantoms
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv and run the test suite (without the slow tests)
+#   make test-slow  the slow tests: scale, memory, multi-process
 #   make bench  set up .venv and run the benchmarks (writes bench_output/)
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-slow demo bench clean
 
 install: $(INSTALLED)
 
@@ -20,7 +21,11 @@ $(INSTALLED): setup.py
 	touch $@
 
 test: $(INSTALLED)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 tests tfds_rsna
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 -m "not slow" tests tfds_rsna
+
+# The scale, memory and multi-process tests (marked slow); CI runs them after `make test`.
+test-slow: $(INSTALLED)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 -m slow tests tfds_rsna || [ $$? -eq 5 ]  # 5: none collected
 
 demo: $(INSTALLED)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh demo_output

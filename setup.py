@@ -34,10 +34,13 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # dill: tfds.testing (DatasetBuilderTestCase) imports it.
     # dill: tfds.testing.DatasetBuilderTestCase imports it; pillow: tests write palette
     # and grey+alpha PNGs, which cv2 cannot.
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10"],
+    # jax: the backend-agnostic model test runs Keras on JAX; scikit-learn: the
+    # kappa cross-check; gcp-storage-emulator: a local GCS for the gs:// tests;
+    # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10", "jax>=0.4.30",
+             "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
     "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
     "tpu": ["tensorflow-tpu>=2.21,<2.22"],

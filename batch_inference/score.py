@@ -19,18 +19,15 @@ import sys
 
 import apache_beam as beam
 from absl import flags
-from apache_beam.io import fileio
-from apache_beam.ml.inference import base as ml_base
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bone_age import age_groups
 from bone_age import imaging
 from beam_pipelines import rejects
-from beam_pipelines import transforms
-from batch_inference import handler
 from batch_inference import output_dir as outputs
 from batch_inference import overlays
 from batch_inference import patients
+from batch_inference import pipeline as scoring
 from batch_inference import records
 from batch_inference import sources
 
@@ -125,43 +122,14 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
 
 def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, metadata: dict,
           staging_dir: str) -> None:
-  """Adds the scoring graph to `pipeline`; outputs go to staging_dir."""
-  size_px = int(export_metadata["image_size_px"])
+  """Adds the scoring graph and its writers to `pipeline`; outputs go to staging_dir."""
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
-  model_handler = ml_base.KeyedModelHandler(
-      handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam))
-
-  matched = (pipeline
-             | "Patterns" >> beam.Create(list(config.inputs))
-             | "MatchPatterns" >> beam.ParDo(sources.MatchPatternsFn()).with_outputs(
-                 rejects.REJECTS_TAG, sources.TALLY_TAG, main="files"))
-  files = (matched.files
-           | "KeyByPath" >> beam.Map(lambda m: (m.path, m))
-           # Groups a file matched by two patterns into one, and spreads files over workers.
-           | "DistinctFiles" >> beam.GroupByKey()
-           | "FirstOfEach" >> beam.Map(lambda kv: list(kv[1])[0])
-           | "ReadMatches" >> fileio.ReadMatches())
-  inputs = files | "ExpandInputs" >> beam.ParDo(sources.ExpandInputsFn(config.max_member_bytes)).with_outputs(
-      rejects.REJECTS_TAG, sources.TALLY_TAG, main="images")
-  decoded = inputs.images | "DecodeLetterbox" >> beam.ParDo(transforms.DecodeLetterboxFn(
-      size_px, max_pixels=config.max_pixels, keep_original=config.gradcam)).with_outputs(
-          rejects.REJECTS_TAG, main="images")
-  requests = decoded.images | "PrepareRequests" >> beam.ParDo(records.PrepareRequestFn(
-      metadata, config.unknown_sex, config.overlay_max_px if config.gradcam else None)).with_outputs(
-          rejects.REJECTS_TAG, main="requests")
-  settled = (requests.requests
-             | "RunInference" >> ml_base.RunInference(model_handler)
-             | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(staging_dir, group_names))
-             | "KeyById" >> beam.Map(lambda r: (r["id"], r))
-             | "GroupById" >> beam.GroupByKey()
-             | "SettleDuplicateIds" >> beam.ParDo(records.SettleDuplicateIdsFn()).with_outputs(
-                 rejects.REJECTS_TAG, main="rows"))
-  _ = settled.rows | "WritePredictions" >> records.WritePredictions(staging_dir, group_names)
-  all_rejects = (matched[rejects.REJECTS_TAG], inputs[rejects.REJECTS_TAG], decoded[rejects.REJECTS_TAG],
-                 requests[rejects.REJECTS_TAG], settled[rejects.REJECTS_TAG])
-  _ = (all_rejects | "FlattenRejects" >> beam.Flatten()
+  scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), metadata,
+                              group_names, staging_dir)
+  _ = scored.rows | "WritePredictions" >> records.WritePredictions(staging_dir, group_names)
+  _ = (tuple(scored.rejects) | "FlattenRejects" >> beam.Flatten()
        | "WriteRejects" >> rejects.WriteJsonLines(outputs.join(staging_dir, records.REJECTS_JSONL)))
-  _ = ((matched[sources.TALLY_TAG], inputs[sources.TALLY_TAG]) | "FlattenTallies" >> beam.Flatten()
+  _ = (tuple(scored.tallies) | "FlattenTallies" >> beam.Flatten()
        | "WriteReadCount" >> records.WriteReadCount(staging_dir))
 
 
