@@ -1,16 +1,20 @@
 """Packaging for the bone age system.
 
-`pip install .` gives every package and console script; Dataflow ships the
-same packages to its workers with `--setup_file=./setup.py`.
+`pip install '.[cpu]'` (or `gpu`, `tpu`) gives every package and console
+script; Dataflow ships the same packages to its workers with
+`--setup_file=./setup.py`.
 Extras: `test` (pytest), `dask` (DaskRunner on a local or remote cluster),
-`gcp` (Dataflow, Vertex AI, GCS), `tpu` (the TPU runtime for TPU VMs),
-`jax` (the Keras JAX backend used by the GPU step-rate benchmark).
+`gcp` (Dataflow, Vertex AI, GCS), `jax` (the Keras JAX backend used by the GPU
+step-rate benchmark), and exactly one TensorFlow variant: `cpu`, `gpu` (CUDA
+wheels) or `tpu` (tensorflow-tpu and libtpu for TPU VMs and Vertex AI TPUs),
+e.g. `pip install '.[cpu]'`. The core names no TensorFlow package because the
+variants are separate distributions that write the same `tensorflow/` folder.
 """
 
 import setuptools
 
+# TensorFlow and TensorBoard come from exactly one of the cpu/gpu/tpu extras.
 INSTALL_REQUIRES = [
-    "tensorflow>=2.21,<2.22",
     "keras>=3.15,<3.16",
     "tensorflow-datasets>=4.9.10,<4.10",
     "apache-beam>=2.77,<2.78",
@@ -19,7 +23,6 @@ INSTALL_REQUIRES = [
     "opencv-python-headless>=4.10",
     "google-cloud-storage>=2.16,<4",
     "absl-py>=2.1,<3",
-    "tensorboard>=2.21,<2.22",
     "pydicom>=3.0,<4",
     # Compressed DICOM transfer syntaxes (JPEG baseline/lossless, JPEG-LS).
     "pylibjpeg>=2.0,<3",
@@ -43,7 +46,12 @@ EXTRAS_REQUIRE = {
              "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
     "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
-    "tpu": ["tensorflow-tpu>=2.21,<2.22"],
+    # The TensorFlow variants. tensorflow-tpu exists only up to the 2.20 line, so the
+    # TPU route runs TensorFlow 2.20; each variant pins its own TensorBoard line,
+    # which also makes the resolver refuse two variants together (e.g. '.[cpu,tpu]').
+    "cpu": ["tensorflow>=2.21,<2.22", "tensorboard>=2.21,<2.22"],
+    "gpu": ["tensorflow[and-cuda]>=2.21,<2.22", "tensorboard>=2.21,<2.22"],
+    "tpu": ["tensorflow-tpu>=2.20,<2.21", "tensorboard>=2.20,<2.21"],
 }
 
 CONSOLE_SCRIPTS = [
