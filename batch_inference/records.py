@@ -2,16 +2,13 @@
 
 Before the model: attach the subject (sex, age and their sources) and shrink
 the original for its overlay. After the model: one output row per scored
-subject, the overlay written right away, duplicate ids settled, and the rows
-gathered into predictions.jsonl / predictions.csv.
+subject, the overlay written right away, and duplicate ids settled. The
+rows are written by batch_inference.writers.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import posixpath
 
 import apache_beam as beam
@@ -23,17 +20,6 @@ from beam_pipelines import rejects
 from batch_inference import handler
 from batch_inference import overlays
 from batch_inference import patients
-
-PREDICTIONS_JSONL = "predictions.jsonl"
-PREDICTIONS_CSV = "predictions.csv"
-REJECTS_JSONL = "rejects.jsonl"
-READ_COUNT_FILE = "_read_count.json"
-
-# Columns of predictions.csv (predictions.jsonl holds the same values, with
-# the group probabilities as one {group name: probability} object).
-BASE_COLUMNS = (
-    "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
-    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
 
 
 @dataclasses.dataclass
@@ -141,83 +127,3 @@ class SettleDuplicateIdsFn(beam.DoFn):
           errors.InputError(source, errors.DUPLICATE_ID, f"id {example_id!r} is already given by {kept}"), example_id)
     for row in sorted((r for r in rows if r["source"] == kept), key=lambda r: r["sex"]):
       yield row
-
-
-def _row_sort_key(row: dict) -> tuple:
-  return (row["id"], row["source"], row["sex"])
-
-
-def csv_columns(group_names: list[str]) -> list[str]:
-  return list(BASE_COLUMNS) + [f"age_group_prob_{i}" for i in range(len(group_names))]
-
-
-def _csv_text(rows: list[dict], group_names: list[str]) -> str:
-  out = io.StringIO()
-  writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(csv_columns(group_names))
-  for row in rows:
-    values = ["" if row[c] is None else row[c] for c in BASE_COLUMNS]
-    values += [row["age_group_probabilities"][name] for name in group_names]
-    writer.writerow(values)
-  return out.getvalue()
-
-
-def write_predictions(rows: list[dict], staging_dir: str, group_names: list[str]) -> int:
-  """predictions.jsonl and predictions.csv, sorted by id, so reruns are byte-identical."""
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-
-  rows = sorted(rows, key=_row_sort_key)
-  with FileSystems.create(posixpath.join(staging_dir, PREDICTIONS_JSONL)) as f:
-    f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8"))
-  with FileSystems.create(posixpath.join(staging_dir, PREDICTIONS_CSV)) as f:
-    f.write(_csv_text(rows, group_names).encode("utf-8"))
-  return len(rows)
-
-
-def _write_rows_group(element, staging_dir: str, group_names: list[str]) -> int:
-  _, rows = element
-  return write_predictions(list(rows), staging_dir, group_names)
-
-
-def _write_read_count(element, staging_dir: str) -> int:
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-
-  _, counts = element
-  total = int(sum(counts))
-  with FileSystems.create(posixpath.join(staging_dir, READ_COUNT_FILE)) as f:
-    f.write(json.dumps({"read": total}).encode("utf-8"))
-  return total
-
-
-class WritePredictions(beam.PTransform):
-  """Rows -> predictions.jsonl + predictions.csv in the staging dir (one worker, sorted).
-
-  Rows are small (a few hundred bytes), so gathering them on one worker is
-  cheap next to scoring; an empty PCollection writes nothing and the
-  finaliser then writes empty files.
-  """
-
-  def __init__(self, staging_dir: str, group_names: list[str]):
-    super().__init__()
-    self._staging_dir = staging_dir
-    self._group_names = list(group_names)
-
-  def expand(self, rows):
-    return (rows
-            | "KeyAll" >> beam.Map(lambda r: (None, r))
-            | "Gather" >> beam.GroupByKey()
-            | "Write" >> beam.Map(_write_rows_group, staging_dir=self._staging_dir, group_names=self._group_names))
-
-
-class WriteReadCount(beam.PTransform):
-  """Per-file read tallies -> their sum in the staging dir."""
-
-  def __init__(self, staging_dir: str):
-    super().__init__()
-    self._staging_dir = staging_dir
-
-  def expand(self, tallies):
-    return (tallies
-            | "KeyAll" >> beam.Map(lambda n: (None, n))
-            | "Gather" >> beam.GroupByKey()
-            | "Write" >> beam.Map(_write_read_count, staging_dir=self._staging_dir))

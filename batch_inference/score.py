@@ -22,17 +22,19 @@ from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bone_age import age_groups
+from bone_age import errors
 from bone_age import imaging
-from beam_pipelines import rejects
-from batch_inference import output_dir as outputs
 from batch_inference import overlays
 from batch_inference import patients
 from batch_inference import pipeline as scoring
-from batch_inference import records
+from batch_inference import runs
 from batch_inference import sources
+from batch_inference import writers
 
 DASK_RUNNER = "batch_inference.dask_runner.DaskRunner"
 _HELP_FLAGS = ("--help", "-h", "--helpfull", "-?")
+# Reject reasons meaning an input could not even be reached; a run with only these read nothing.
+_NOTHING_READ_REASONS = frozenset({errors.MISSING_FILE, getattr(errors, "LISTING_FAILED", "listing_failed")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +123,40 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
 
 
 def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, metadata: dict,
-          staging_dir: str) -> None:
-  """Adds the scoring graph and its writers to `pipeline`; outputs go to staging_dir."""
+          run_dir: str) -> None:
+  """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir."""
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
   scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), metadata,
-                              group_names, staging_dir)
-  _ = scored.rows | "WritePredictions" >> records.WritePredictions(staging_dir, group_names)
-  _ = (tuple(scored.rejects) | "FlattenRejects" >> beam.Flatten()
-       | "WriteRejects" >> rejects.WriteJsonLines(outputs.join(staging_dir, records.REJECTS_JSONL)))
-  _ = (tuple(scored.tallies) | "FlattenTallies" >> beam.Flatten()
-       | "WriteReadCount" >> records.WriteReadCount(staging_dir))
+                              group_names, run_dir)
+  writers.write_outputs(scored, run_dir, group_names, config.gradcam)
+
+
+def nothing_read(summary: dict) -> bool:
+  """True when no input could be read at all: every one was unlistable or missing."""
+  reasons = set(summary["rejected_by_reason"])
+  return summary["scored"] == 0 and summary["rejected"] > 0 and reasons <= _NOTHING_READ_REASONS
+
+
+def _manifest_files(run: runs.Run, gradcam: bool) -> dict:
+  files = {
+      "predictions_jsonl": run.shard_files(writers.PREDICTIONS_PREFIX, writers.JSONL_SUFFIX),
+      "predictions_csv": run.shard_files(writers.PREDICTIONS_PREFIX, writers.CSV_SUFFIX),
+      "rejects_jsonl": run.shard_files(writers.REJECTS_PREFIX, writers.JSONL_SUFFIX),
+      "counts": [writers.COUNTS_JSON],
+      "started": [runs.STARTED_JSON],
+  }
+  if gradcam:
+    files["overlays_dir"] = [overlays.OVERLAYS_DIR + "/"]
+  return files
 
 
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
-  """Scores the inputs and replaces the outputs in --output_dir; returns the summary.
+  """Scores the inputs into a new run directory under --output_dir and publishes it; returns the summary.
+
+  The run is published (manifest.json) only after the pipeline has finished
+  and its counts are written; a complete run then becomes LATEST. A run that
+  could read no input is published with status `nothing_read` and does not
+  become LATEST (the console script then exits 1).
 
   Args:
     argv: Our flags plus Beam options (default: sys.argv[1:]).
@@ -143,25 +165,40 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
   config, beam_args = parse_args(list(sys.argv[1:] if argv is None else argv))
   export_dir, export_metadata = resolve_export(config.model_dir)
   metadata = patients.load_metadata_csv(config.metadata_csv) if config.metadata_csv else {}
-  staging = outputs.StagingDir(config.output_dir)
-  staging.create()
+  run_ = runs.Run(config.output_dir)
+  run_.start(list(config.inputs))
   try:
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline, config, export_dir, export_metadata, metadata, staging.path)
+    build(pipeline, config, export_dir, export_metadata, metadata, run_.path)
     result = pipeline.run()
     result.wait_until_finish()
-    summary = outputs.finalize(
-        staging, group_names=age_groups.group_names(export_metadata["age_group_edges_months"]),
-        extra={"output_dir": staging.output_dir, "export_dir": export_dir, "inputs": list(config.inputs),
-               "metadata_csv": config.metadata_csv, "gradcam": config.gradcam, "unknown_sex": config.unknown_sex,
-               "image_size_px": int(export_metadata["image_size_px"])})
-    staging.commit()
-  except BaseException:
-    staging.delete_tree()
+    summary = {
+        **run_.read_json(writers.COUNTS_JSON),
+        "age_groups": age_groups.group_names(export_metadata["age_group_edges_months"]),
+        "output_dir": run_.path, "export_dir": export_dir, "inputs": list(config.inputs),
+        "metadata_csv": config.metadata_csv, "gradcam": config.gradcam, "unknown_sex": config.unknown_sex,
+        "image_size_px": int(export_metadata["image_size_px"])}
+    summary["status"] = runs.STATUS_NOTHING_READ if nothing_read(summary) else runs.STATUS_COMPLETE
+    run_.publish(summary, _manifest_files(run_, config.gradcam), summary["status"])
+  except BaseException as e:
+    run_.mark_failed(e)
     raise
-  print(outputs.format_summary(summary))
+  print(format_summary(summary))
   logging.info("summary: %s", json.dumps(summary, sort_keys=True))
   return summary
+
+
+def format_summary(summary: dict) -> str:
+  """The few lines printed at the end of a run."""
+  lines = [f"read {summary['read']} = scored {summary['scored']} + rejected {summary['rejected']}"
+           + ("" if summary["accounted"] else "  (MISMATCH: some inputs are unaccounted for)")]
+  for reason, count in summary["rejected_by_reason"].items():
+    lines.append(f"  rejected {reason}: {count}")
+  lines.append(f"sex from: {summary['sex_sources']}; chronological age from: {summary['chronological_age_sources']}")
+  if summary.get("scored_per_worker"):
+    lines.append(f"images scored per worker: {summary['scored_per_worker']}")
+  lines.append(f"outputs in {summary['output_dir']} (status {summary['status']})")
+  return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -172,7 +209,12 @@ def main(argv=None) -> None:
 
 
 def _absl_main(args: list[str]) -> None:
-  run(args[1:])  # returns None: absl turns main's return value into the exit status
+  summary = run(args[1:])
+  if summary["status"] == runs.STATUS_NOTHING_READ:
+    print(f"boneage-score: no input could be read ({summary['rejected_by_reason']}); see the rejects in "
+          f"{summary['output_dir']}", file=sys.stderr)
+    sys.exit(1)
+  # Returns None: absl turns main's return value into the exit status.
 
 
 def _absl_flags_parser(args: list[str]) -> list[str]:

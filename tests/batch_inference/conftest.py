@@ -2,7 +2,6 @@
 
 import datetime
 import io
-import json
 import pathlib
 import struct
 import zlib
@@ -83,15 +82,10 @@ def make() -> type[Make]:
   return Make
 
 
-def read_outputs(output_dir: pathlib.Path) -> dict:
-  """predictions / rejects / summary of a finished run."""
-  def jsonl(name):
-    return [json.loads(line) for line in (output_dir / name).read_text().splitlines() if line.strip()]
-  return {
-      "predictions": jsonl("predictions.jsonl"),
-      "rejects": jsonl("rejects.jsonl"),
-      "summary": json.loads((output_dir / "summary.json").read_text()),
-  }
+def read_outputs(output_dir: pathlib.Path, run_id: str | None = None) -> dict:
+  """predictions / rejects / summary / manifest of a published run (default: the LATEST one), rows sorted."""
+  from batch_inference import results  # pylint: disable=g-import-not-at-top
+  return results.read_run(str(output_dir), run_id)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 
 from bone_age import errors
+from batch_inference import results
 from batch_inference import score
 
 
@@ -99,21 +100,30 @@ def test_every_input_kind_is_scored_or_rejected_with_its_reason(tiny_export, mak
       "F", "dicom", "dicom")
   assert scored["d"]["chronological_age_months"] == pytest.approx(126.0, abs=0.1)
   assert scored["z.zip!zd.dcm"]["sex_source"] == "dicom"
-  # Every overlay lies inside output_dir/overlays, whatever the member name.
-  overlay_files = sorted(p.name for p in (output_dir / "overlays").iterdir())
+  # Every overlay lies inside the run's overlays/, whatever the member name.
+  run_dir = pathlib.Path(out["run_dir"])
+  overlay_files = sorted(p.name for p in (run_dir / "overlays").iterdir())
   assert overlay_files == sorted(pathlib.Path(r["overlay_path"]).name for r in out["predictions"])
   for row in out["predictions"]:
     folder, name = pathlib.PurePosixPath(row["overlay_path"]).parts
     assert folder == "overlays" and ".." not in name and "/" not in name
   assert scored["z.zip!../../escape.png"]["overlay_path"].startswith("overlays/z.zip_escape.png-")
   assert not (tmp_path / "escape.png").exists() and not pathlib.Path("/abs/rooted.png").exists()
-  assert sorted(os.listdir(output_dir)) == ["overlays", "predictions.csv", "predictions.jsonl", "rejects.jsonl",
-                                            "summary.json"]
+  assert sorted(os.listdir(output_dir)) == ["LATEST", "runs"]
+  assert run_dir.parent == output_dir / "runs" and (output_dir / "LATEST").read_text().strip() == run_dir.name
+  names = sorted(os.listdir(run_dir))
+  assert [n for n in names if not n.startswith(("predictions-", "rejects-"))] == [
+      "counts.json", "manifest.json", "overlays", "started.json", "summary.json"]
+  manifest = out["manifest"]
+  assert (manifest["status"], manifest["run_id"]) == ("complete", run_dir.name)
+  assert sorted(manifest["files"]["predictions_jsonl"] + manifest["files"]["predictions_csv"]
+                + manifest["files"]["rejects_jsonl"]) == [n for n in names if n.startswith(("predictions-", "rejects-"))]
   # No identifier beyond the id leaves the job.
-  for name in ("predictions.csv", "predictions.jsonl", "rejects.jsonl", "summary.json"):
-    assert "Doe" not in (output_dir / name).read_text()
-  csv_lines = (output_dir / "predictions.csv").read_text().splitlines()
-  assert len(csv_lines) == 1 + len(out["predictions"]) and csv_lines[0].startswith("id,source,sex,sex_source,")
+  for path in run_dir.iterdir():
+    if path.is_file():
+      assert "Doe" not in path.read_text()
+  assert out["csv_header"][:4] == ["id", "source", "sex", "sex_source"]
+  assert [(r["id"], r["source"]) for r in out["csv_rows"]] == [(r["id"], r["source"]) for r in out["predictions"]]
 
 
 def test_unknown_sex_policies_are_recorded(tiny_export, make, outputs_of, tmp_path):
@@ -154,10 +164,15 @@ def test_duplicate_ids_and_twice_matched_files(tiny_export, make, outputs_of, tm
   assert [r["source"] for r in out["predictions"]] == [str(tmp_path / "a" / "7.png")]
   assert [(r["id"], r["reason"], r["source"]) for r in out["rejects"]] == [
       ("7", errors.DUPLICATE_ID, str(tmp_path / "b" / "7.png"))]
-  assert len(list((tmp_path / "out" / "overlays").iterdir())) == 1  # the loser's overlay is not kept
+  assert len(list((pathlib.Path(out["run_dir"]) / "overlays").iterdir())) == 1  # the loser's overlay is not kept
+  assert out["summary"]["overlays"] == 1
 
 
-def test_rerun_replaces_outputs_completely(tiny_export, make, tmp_path):
+def _files(folder: pathlib.Path) -> dict:
+  return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_reruns_are_new_runs_and_never_touch_published_ones(tiny_export, make, outputs_of, tmp_path):
   inputs = tmp_path / "in"
   inputs.mkdir()
   for i in range(3):
@@ -165,27 +180,43 @@ def test_rerun_replaces_outputs_completely(tiny_export, make, tmp_path):
   output_dir = tmp_path / "out"
   args = ("--unknown_sex=male", "--gradcam=true", "--batch_size=2")
   _run(tiny_export, [inputs / "*.png"], output_dir, *args)
-  first = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+  first = outputs_of(output_dir)
+  first_files = _files(pathlib.Path(first["run_dir"]))
   _run(tiny_export, [inputs / "*.png"], output_dir, *args)
-  second = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
-  assert second == first  # no duplicates, byte-identical
+  second = outputs_of(output_dir)
+  assert second["run_id"] != first["run_id"]  # LATEST moved to the new run
+  assert second["predictions"] == first["predictions"] and second["rejects"] == first["rejects"]
+  overlays_of = lambda out: {p.name: p.read_bytes() for p in (pathlib.Path(out["run_dir"]) / "overlays").iterdir()}
+  assert overlays_of(second) == overlays_of(first)
   _run(tiny_export, [inputs / "0.png"], output_dir, *args)
-  names = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file())
-  assert len([n for n in names if n.startswith("overlays")]) == 1  # stale overlays removed
-  assert len((output_dir / "predictions.jsonl").read_text().splitlines()) == 1
-  assert not [n for n in os.listdir(output_dir) if n.startswith(".staging")]
+  third = outputs_of(output_dir)
+  assert len(third["predictions"]) == 1 and len(overlays_of(third)) == 1
+  # Earlier published runs stay whole and readable by id.
+  assert _files(pathlib.Path(first["run_dir"])) == first_files
+  assert outputs_of(output_dir, first["run_id"])["predictions"] == first["predictions"]
 
-  # A run that fails inside the pipeline (a corrupt model file) leaves the
-  # previous outputs exactly as they were.
+  # A run that fails inside the pipeline (a corrupt model file) leaves LATEST
+  # and every published run as they were; its own directory says it failed.
   broken_export = tmp_path / "broken_export"
   shutil.copytree(tiny_export, broken_export)
   (broken_export / "model.keras").write_bytes(b"not a keras file")
-  before = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+  before = _files(output_dir)
   with pytest.raises(Exception):
     _run(broken_export, [inputs / "*.png"], output_dir, *args)
-  after = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
-  assert after == before
-  assert not [n for n in os.listdir(output_dir) if n.startswith(".staging")]
+  after = _files(output_dir)
+  assert {k: v for k, v in after.items() if k in before} == before
+  [failed] = [r for r in results.list_runs(str(output_dir)) if r["status"] != "complete"]
+  assert failed["status"] == "failed"
+  with pytest.raises(results.RunNotPublishedError, match="failed"):
+    outputs_of(output_dir, failed["run_id"])
+  assert outputs_of(output_dir)["run_id"] == third["run_id"]
+
+
+def test_reading_before_any_run_or_an_unknown_run_is_a_clear_error(tmp_path):
+  with pytest.raises(results.RunNotFoundError, match="no complete run yet"):
+    results.read_run(str(tmp_path))
+  with pytest.raises(results.RunNotFoundError, match="no such run"):
+    results.read_run(str(tmp_path), "20260101T000000Z-00000000")
 
 
 def test_console_entry_point_passes_beam_options_through(tiny_export, make, outputs_of, tmp_path):
@@ -196,3 +227,18 @@ def test_console_entry_point_passes_beam_options_through(tiny_export, make, outp
                 "--direct_num_workers=1"])
   assert exit_info.value.code in (None, 0)
   assert outputs_of(tmp_path / "out")["summary"]["scored"] == 1
+
+
+def test_console_exits_1_when_no_input_could_be_read(tiny_export, outputs_of, tmp_path, capsys):
+  missing = tmp_path / "nowhere" / "gone.png"
+  with pytest.raises(SystemExit) as exit_info:
+    score.main(["boneage-score", f"--model_dir={tiny_export}", f"--inputs={missing}",
+                f"--output_dir={tmp_path / 'out'}", "--runner=DirectRunner"])
+  assert exit_info.value.code == 1
+  assert "no input could be read" in capsys.readouterr().err
+  # The run is published for its rejects but never becomes LATEST.
+  [run] = results.list_runs(str(tmp_path / "out"))
+  assert run["status"] == "nothing_read"
+  assert outputs_of(tmp_path / "out", run["run_id"])["rejects"][0]["reason"] == errors.MISSING_FILE
+  with pytest.raises(results.RunNotFoundError):
+    outputs_of(tmp_path / "out")

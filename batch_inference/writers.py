@@ -1,0 +1,245 @@
+"""The scorer's writers: sharded row files and one small counts file, per run.
+
+Rows stream into Beam's sharded text sinks (`WriteToText`, runner-chosen
+shard count): no step gathers the rows on one key or sorts them, so memory
+does not grow with the number of rows. Every number the summary needs (read,
+scored, rejected by reason, sex and age sources, overlays, images per worker)
+is computed inside the pipeline by one combiner and written to
+`counts.json`, so the launcher never reads a row.
+
+Files written into the run directory:
+  predictions-SSSSS-of-NNNNN.jsonl  one JSON object per row
+  predictions-SSSSS-of-NNNNN.csv    the same rows, each shard with the header
+  rejects-SSSSS-of-NNNNN.jsonl      one rejects record per refused input
+  counts.json                       the combiner's counts
+Row order inside and across shards is whatever the runner produced; readers
+sort (batch_inference.results does).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+
+import apache_beam as beam
+
+from bone_age import errors
+from batch_inference import overlays
+from batch_inference import patients
+
+PREDICTIONS_PREFIX = "predictions"
+REJECTS_PREFIX = "rejects"
+JSONL_SUFFIX = ".jsonl"
+CSV_SUFFIX = ".csv"
+COUNTS_JSON = "counts.json"
+
+# Columns of the predictions CSV shards (the JSONL shards hold the same values,
+# with the group probabilities as one {group name: probability} object).
+BASE_COLUMNS = (
+    "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
+
+# Tags of the items the counting combiner sees.
+_READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
+
+
+def _join(*parts: str) -> str:
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  return FileSystems.join(*parts)
+
+
+def csv_columns(group_names: list[str]) -> list[str]:
+  return list(BASE_COLUMNS) + [f"age_group_prob_{i}" for i in range(len(group_names))]
+
+
+def _csv_line(values: list) -> str:
+  out = io.StringIO()
+  csv.writer(out, lineterminator="").writerow(values)
+  return out.getvalue()
+
+
+def csv_header(group_names: list[str]) -> str:
+  return _csv_line(csv_columns(group_names))
+
+
+def csv_row(row: dict, group_names: list[str]) -> str:
+  """One predictions row as a CSV line (no line end: the text sink adds it)."""
+  values = ["" if row[c] is None else row[c] for c in BASE_COLUMNS]
+  values += [row["age_group_probabilities"][name] for name in group_names]
+  return _csv_line(values)
+
+
+def _json_line(record: dict) -> str:
+  # ensure_ascii (the default) keeps any id writable whatever its characters.
+  return json.dumps(record, sort_keys=True)
+
+
+class WritePredictions(beam.PTransform):
+  """Rows -> predictions-*.jsonl and predictions-*.csv shards in run_dir."""
+
+  def __init__(self, run_dir: str, group_names: list[str]):
+    super().__init__()
+    self._prefix = _join(run_dir, PREDICTIONS_PREFIX)
+    self._group_names = list(group_names)
+
+  def expand(self, rows):
+    group_names = self._group_names
+    _ = (rows
+         | "ToJson" >> beam.Map(_json_line)
+         | "WriteJsonl" >> beam.io.WriteToText(self._prefix, file_name_suffix=JSONL_SUFFIX))
+    return (rows
+            | "ToCsv" >> beam.Map(csv_row, group_names=group_names)
+            | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=CSV_SUFFIX,
+                                                header=csv_header(group_names)))
+
+
+class WriteRejects(beam.PTransform):
+  """Rejects records -> rejects-*.jsonl shards in run_dir (an empty shard when there are none)."""
+
+  def __init__(self, run_dir: str):
+    super().__init__()
+    self._prefix = _join(run_dir, REJECTS_PREFIX)
+
+  def expand(self, records):
+    return (records
+            | "ToJson" >> beam.Map(_json_line)
+            | "WriteJsonl" >> beam.io.WriteToText(self._prefix, file_name_suffix=JSONL_SUFFIX))
+
+
+class CountOutputsFn(beam.CombineFn):
+  """Tagged items -> the run's counts; the accumulator is a few small Counters.
+
+  Under --unknown_sex=both an image gives exactly two rows (F and M, both
+  `assumed_both`), so `scored` (images) is the rows minus half of those:
+  no per-image key has to be shuffled to count distinct images.
+  """
+
+  def create_accumulator(self):
+    return collections.defaultdict(collections.Counter)
+
+  def add_input(self, accumulator, item):
+    tag, value = item
+    if tag == _READ:
+      accumulator[_READ]["inputs"] += int(value)
+    elif tag == _ROW:
+      sex_source, age_source, has_overlay = value
+      accumulator["rows"]["all"] += 1
+      accumulator["rows"]["assumed_both"] += sex_source == patients.SEX_ASSUMED_BOTH
+      accumulator["rows"]["overlays"] += has_overlay
+      accumulator["sex_sources"][sex_source] += 1
+      accumulator["chronological_age_sources"][age_source or "unknown"] += 1
+    elif tag == _REJECT:
+      accumulator["rejected_by_reason"][value] += 1
+    elif tag == _WORKER:
+      worker_id, images = value
+      accumulator["scored_per_worker"][str(worker_id)] += int(images)
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    merged = self.create_accumulator()
+    for accumulator in accumulators:
+      for name, counter in accumulator.items():
+        merged[name].update(counter)
+    return merged
+
+  def extract_output(self, accumulator):
+    rows = accumulator["rows"]
+    rejected = sum(accumulator["rejected_by_reason"].values())
+    scored = rows["all"] - rows["assumed_both"] // 2
+    read = accumulator[_READ]["inputs"]
+    return {
+        "read": read,
+        "scored": scored,
+        "rejected": rejected,
+        "accounted": read == scored + rejected,
+        "prediction_rows": rows["all"],
+        "overlays": rows["overlays"],
+        "rejected_by_reason": dict(sorted(accumulator["rejected_by_reason"].items())),
+        "sex_sources": dict(sorted(accumulator["sex_sources"].items())),
+        "chronological_age_sources": dict(sorted(accumulator["chronological_age_sources"].items())),
+        "scored_per_worker": dict(sorted(accumulator["scored_per_worker"].items())),
+    }
+
+
+def _row_item(row: dict) -> tuple:
+  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")))
+
+
+def _write_counts(counts: dict, path: str) -> dict:
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  with FileSystems.create(path) as f:
+    f.write((json.dumps(counts, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+  return counts
+
+
+class WriteCounts(beam.PTransform):
+  """(rows, rejects, read tallies, worker tallies) -> counts.json in run_dir.
+
+  Takes a dict of PCollections: `rows` (prediction rows), `rejects`
+  (rejects records), `read` (ints: inputs read per file or pattern) and
+  optionally `worker` ((worker id, images scored) pairs).
+  """
+
+  def __init__(self, run_dir: str):
+    super().__init__()
+    self._path = _join(run_dir, COUNTS_JSON)
+
+  def expand(self, pcolls):
+    tagged = [pcolls["rows"] | "TagRows" >> beam.Map(_row_item),
+              pcolls["rejects"] | "TagRejects" >> beam.Map(lambda r: (_REJECT, r["reason"])),
+              pcolls["read"] | "TagRead" >> beam.Map(lambda n: (_READ, n))]
+    if pcolls.get("worker") is not None:
+      tagged.append(pcolls["worker"] | "TagWorkers" >> beam.Map(lambda kv: (_WORKER, tuple(kv))))
+    return (tagged
+            | "FlattenTagged" >> beam.Flatten()
+            | "Count" >> beam.CombineGlobally(CountOutputsFn())
+            | "Write" >> beam.Map(_write_counts, path=self._path))
+
+
+def delete_loser_overlays(record: dict, run_dir: str) -> int:
+  """Deletes the overlays of an input that lost a duplicate-id contest.
+
+  Overlays are written before duplicate ids are settled; the loser's names
+  follow from its id and source (overlays.overlay_file_name), so they can be
+  removed here, inside the pipeline, without listing the overlays.
+  """
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  names = [overlays.overlay_file_name(record["id"], record["source"], suffix) for suffix in ("", "-M", "-F")]
+  paths = [_join(run_dir, overlays.OVERLAYS_DIR, name) for name in names]
+  present = [p for p in paths if FileSystems.exists(p)]
+  if present:
+    FileSystems.delete(present)
+  return len(present)
+
+
+def write_outputs(scored, run_dir: str, group_names: list[str], gradcam: bool):
+  """Adds the writers of every file of a run, except its summary and manifest.
+
+  Args:
+    scored: batch_inference.pipeline.ScoredRows (rows, rejects, tallies and,
+      when present, worker_tallies).
+    run_dir: The run's directory.
+    group_names: Age-group names (CSV probability columns).
+    gradcam: Whether overlays were written (duplicate-id losers' are deleted).
+
+  Returns:
+    The PCollection holding the counts dict once counts.json is written.
+  """
+  pipeline = scored.rows.pipeline
+  all_rejects = tuple(scored.rejects) | "FlattenRejects" >> beam.Flatten(pipeline=pipeline)
+  tallies = tuple(scored.tallies) | "FlattenTallies" >> beam.Flatten(pipeline=pipeline)
+  _ = scored.rows | "WritePredictions" >> WritePredictions(run_dir, group_names)
+  _ = all_rejects | "WriteRejects" >> WriteRejects(run_dir)
+  if gradcam:
+    _ = (all_rejects
+         | "DuplicateIdLosers" >> beam.Filter(lambda r: r["reason"] == errors.DUPLICATE_ID and r.get("id") is not None)
+         | "DeleteLoserOverlays" >> beam.Map(delete_loser_overlays, run_dir=run_dir))
+  counted = {"rows": scored.rows, "rejects": all_rejects, "read": tallies}
+  worker_tallies = getattr(scored, "worker_tallies", None)  # absent from scoring graphs that do not tally workers
+  if worker_tallies is not None:
+    counted["worker"] = worker_tallies
+  return counted | "WriteCounts" >> WriteCounts(run_dir)
