@@ -1,0 +1,130 @@
+"""beam_pipelines.dask_runner on a local cluster of two worker processes.
+
+Every DoFn here records each call as a file created exclusively (`open(.., "x")`),
+named by element and worker pid: a second call for one element fails the
+pipeline, and the files tell which process did the work.
+"""
+
+import collections
+import os
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipelines import dask_runner
+
+distributed = pytest.importorskip("distributed")
+
+NUM_ELEMENTS = 200
+MAX_BUSIEST_SHARE = 0.65
+
+
+@pytest.fixture(scope="module")
+def cluster():
+  with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    yield c
+
+
+def _options(cluster, *extra):
+  return PipelineOptions([f"--dask_client_address={cluster.scheduler_address}", *extra])
+
+
+class _RecordFn(beam.DoFn):
+  """Records (element, pid) as a file per call; odd numbers also go to the 'odd' output."""
+
+  def __init__(self, folder: str, tagged: bool = False):
+    self._folder = folder
+    self._tagged = tagged
+
+  def process(self, element):
+    with open(os.path.join(self._folder, f"{element}.{os.getpid()}"), "x", encoding="utf-8"):
+      pass
+    if self._tagged and element % 2:
+      yield beam.pvalue.TaggedOutput("odd", element)
+    else:
+      yield element
+
+
+def _calls(folder):
+  """[(element, pid)] from the files _RecordFn and _write left."""
+  return [tuple(int(p) for p in name.split(".")) for name in os.listdir(folder)]
+
+
+def _write(folder: str, element):
+  with open(os.path.join(folder, f"{element}.{os.getpid()}"), "x", encoding="utf-8"):
+    pass
+
+
+def _folders(tmp_path, *names):
+  for name in names:
+    (tmp_path / name).mkdir()
+  return [str(tmp_path / name) for name in names]
+
+
+def test_reshuffle_spreads_one_partition_over_both_workers(cluster, tmp_path):
+  (calls,) = _folders(tmp_path, "calls")
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+    _ = (p
+         | beam.Create(["one archive"])  # one input element fans out, as one archive does
+         | beam.FlatMap(lambda _: range(NUM_ELEMENTS))
+         | beam.Reshuffle()
+         | beam.ParDo(_RecordFn(calls)))
+  done = _calls(calls)
+  assert sorted(e for e, _ in done) == list(range(NUM_ELEMENTS))
+  per_pid = collections.Counter(pid for _, pid in done)
+  worker_pids = set(cluster.scheduler_info["workers"][w]["pid"] for w in cluster.scheduler_info["workers"]) \
+      if all("pid" in v for v in cluster.scheduler_info["workers"].values()) else set(per_pid)
+  assert set(per_pid) <= worker_pids and os.getpid() not in per_pid
+  assert len(per_pid) == 2, per_pid
+  assert max(per_pid.values()) <= MAX_BUSIEST_SHARE * NUM_ELEMENTS, per_pid
+
+
+def test_tagged_outputs_and_several_sinks_each_element_processed_once(cluster, tmp_path):
+  calls, evens, evens_again, odds, groups = _folders(tmp_path, "calls", "evens", "evens_again", "odds", "groups")
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+    split = (p
+             | beam.Create(list(range(NUM_ELEMENTS)))
+             | beam.Reshuffle()
+             | beam.ParDo(_RecordFn(calls, tagged=True)).with_outputs("odd", main="even"))
+    _ = split.even | "WriteEvens" >> beam.Map(lambda x, d=evens: _write(d, x))
+    _ = split.even | "Times10" >> beam.Map(lambda x: x * 10) | "WriteEvens10" >> beam.Map(
+        lambda x, d=evens_again: _write(d, x))
+    _ = split.odd | "WriteOdds" >> beam.Map(lambda x, d=odds: _write(d, x))
+    _ = (split.even
+         | beam.Map(lambda x: (x % 3, x))
+         | beam.GroupByKey()
+         | beam.Map(lambda kv, d=groups: _write(d, kv[0] * 10**6 + sum(kv[1]))))
+  assert sorted(e for e, _ in _calls(calls)) == list(range(NUM_ELEMENTS))  # each exactly once
+  evens_want = list(range(0, NUM_ELEMENTS, 2))
+  assert sorted(e for e, _ in _calls(evens)) == evens_want
+  assert sorted(e for e, _ in _calls(evens_again)) == [10 * x for x in evens_want]
+  assert sorted(e for e, _ in _calls(odds)) == list(range(1, NUM_ELEMENTS, 2))
+  want_groups = sorted(k * 10**6 + sum(x for x in evens_want if x % 3 == k) for k in range(3))
+  assert sorted(e for e, _ in _calls(groups)) == want_groups
+
+
+def test_finish_bundle_outputs_and_empty_reshuffle(cluster, tmp_path):
+  (out,) = _folders(tmp_path, "out")
+
+  class _Batch(beam.DoFn):
+
+    def start_bundle(self):
+      self._seen = []
+
+    def process(self, element):
+      self._seen.append(element)
+      if len(self._seen) == 3:
+        yield sum(self._seen)
+        self._seen = []
+
+    def finish_bundle(self):
+      if self._seen:
+        yield beam.transforms.window.GlobalWindows.windowed_value(sum(self._seen))
+
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+    nums = p | beam.Create(list(range(1, 41))) | beam.Reshuffle()
+    _ = nums | beam.ParDo(_Batch()) | beam.CombineGlobally(sum) | beam.Map(lambda s, d=out: _write(d, s))
+    _ = nums | beam.Filter(lambda x: x > 100) | "Nothing" >> beam.Reshuffle() | beam.Map(
+        lambda x, d=out: _write(d, -x))
+  assert [e for e, _ in _calls(out)] == [sum(range(1, 41))]
