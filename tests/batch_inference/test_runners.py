@@ -56,6 +56,6 @@ def test_dask_runner_on_a_local_cluster_matches_in_process(scored_in_process, ou
   # Threads rather than processes keep the test short (no TensorFlow import
   # per worker); the scheduler, the task graph and our runner are the same.
   with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-    score.run(argv + [f"--output_dir={root / 'dask'}", "--runner=DaskRunner",
+    score.run(argv + [f"--output_dir={root / 'dask'}", "--runner=beam_pipelines.dask_runner.DaskRunner",
                       f"--dask_client_address={cluster.scheduler_address}", "--dask_npartitions=2"])
   _compare(expected, outputs_of(root / "dask"))
