@@ -108,13 +108,8 @@ class WriteRejects(beam.PTransform):
             | "WriteJsonl" >> beam.io.WriteToText(self._prefix, file_name_suffix=JSONL_SUFFIX))
 
 
-class CountOutputsFn(beam.CombineFn):
-  """Tagged items -> the run's counts; the accumulator is a few small Counters.
-
-  Under --unknown_sex=both an image gives exactly two rows (F and M, both
-  `assumed_both`), so `scored` (images) is the rows minus half of those:
-  no per-image key has to be shuffled to count distinct images.
-  """
+class _TallyFn(beam.CombineFn):
+  """Tagged items -> a few small Counters (the tallies of one input PCollection)."""
 
   def create_accumulator(self):
     return collections.defaultdict(collections.Counter)
@@ -143,6 +138,29 @@ class CountOutputsFn(beam.CombineFn):
       for name, counter in accumulator.items():
         merged[name].update(counter)
     return merged
+
+  def extract_output(self, accumulator):
+    return {name: dict(counter) for name, counter in accumulator.items()}
+
+
+class CountOutputsFn(beam.CombineFn):
+  """The tallies of every input PCollection -> the run's counts.
+
+  Under --unknown_sex=both an image gives exactly two rows (F and M, both
+  `assumed_both`), so `scored` (images) is the rows minus half of those:
+  no per-image key has to be shuffled to count distinct images.
+  """
+
+  def create_accumulator(self):
+    return collections.defaultdict(collections.Counter)
+
+  def add_input(self, accumulator, tallies):
+    for name, counts in tallies.items():
+      accumulator[name].update(counts)
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    return _TallyFn().merge_accumulators(accumulators)
 
   def extract_output(self, accumulator):
     rows = accumulator["rows"]
@@ -188,13 +206,17 @@ class WriteCounts(beam.PTransform):
     self._path = _join(run_dir, COUNTS_JSON)
 
   def expand(self, pcolls):
-    tagged = [pcolls["rows"] | "TagRows" >> beam.Map(_row_item),
-              pcolls["rejects"] | "TagRejects" >> beam.Map(lambda r: (_REJECT, r["reason"])),
-              pcolls["read"] | "TagRead" >> beam.Map(lambda n: (_READ, n))]
-    if pcolls.get("worker") is not None:
-      tagged.append(pcolls["worker"] | "TagWorkers" >> beam.Map(lambda kv: (_WORKER, tuple(kv))))
-    return (tagged
-            | "FlattenTagged" >> beam.Flatten()
+    tags = {"rows": _row_item, "rejects": lambda r: (_REJECT, r["reason"]), "read": lambda n: (_READ, n),
+            "worker": lambda kv: (_WORKER, tuple(kv))}
+    # Each input is tallied where it is produced (the combiner runs partly in
+    # the producing stage); only the few tallies are then brought together.
+    # Flattening the inputs first would make some runners buffer every row.
+    tallies = [pcolls[name]
+               | f"Tag_{name}" >> beam.Map(tags[name])
+               | f"Tally_{name}" >> beam.CombineGlobally(_TallyFn())
+               for name in ("rows", "rejects", "read", "worker") if pcolls.get(name) is not None]
+    return (tallies
+            | "FlattenTallies" >> beam.Flatten()
             | "Count" >> beam.CombineGlobally(CountOutputsFn())
             | "Write" >> beam.Map(_write_counts, path=self._path))
 
