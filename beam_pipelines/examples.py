@@ -1,10 +1,10 @@
 """Labeled image records -> TFDS examples, with rejects and counters.
 
-`BuildExamples` is the one Beam stage of the dataset build: it reads each
+`BuildExamples` is the image stage of the dataset build: it reads each
 labeled image, decodes, validates and letterboxes it (`transforms`), encodes
-the square as PNG and emits `(split, (key, example))`. Rejected inputs from
-the workers and rejected label rows from the launcher meet in one rejects
-file. Reading and decoding happen in the same fused step as the record, so
+the square as PNG and emits `(split, (key, example))`. Rejected images and
+rejected label rows (from the label stage of the same job) meet in one
+rejects file. Reading and decoding happen in the same fused step as the record, so
 image bytes never cross a shuffle.
 """
 
@@ -108,39 +108,33 @@ class RecordToExampleFn(beam.DoFn):
 
 
 class BuildExamples(beam.PTransform):
-  """PBegin -> PCollection[(split, (key, example))]; writes the rejects file(s).
+  """(records, label_rejects) -> PCollection[(split, (key, example))]; writes the rejects file(s).
+
+  The input is a pair of PCollections: ImageRecords (labels already
+  validated and joined with their image files) and the reject records
+  (dicts) of the label stage, which meet the workers' rejects in one file.
 
   Args:
-    records: Labeled images (label rows already validated).
-    label_rejects: (InputError, id) for the label rows refused by the launcher.
     size_px: Side of the letterboxed square.
     rejects_paths: Files to write the JSON-lines rejects to (each replaced).
     max_pixels: Decompression-bomb guard.
   """
 
-  def __init__(self, records, label_rejects, size_px: int, rejects_paths=(),
-               max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
+  def __init__(self, size_px: int, rejects_paths=(), max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
     super().__init__()
-    self._records = list(records)
-    self._label_rejects = list(label_rejects)
     self._size_px = size_px
     self._rejects_paths = list(rejects_paths)
     self._max_pixels = max_pixels
 
-  def expand(self, pbegin):
+  def expand(self, records_and_label_rejects):
+    records, label_rejects = records_and_label_rejects
     outputs = (
-        pbegin
-        | "CreateRecords" >> beam.Create(self._records)
-        # Spread records over workers: Create alone may hand all to one.
+        records
+        # Spread records over workers: the reads and decodes are the heavy part.
         | "Spread" >> beam.Reshuffle()
         | "ReadDecodeLetterbox" >> beam.ParDo(RecordToExampleFn(self._size_px, self._max_pixels)).with_outputs(
             rejects.REJECTS_TAG, main=EXAMPLES_TAG))
-    label_rejects = (
-        pbegin
-        | "CreateLabelRejects" >> beam.Create(self._label_rejects)
-        | "CountLabelRejects" >> beam.ParDo(rejects.EmitRejectsFn()).with_outputs(rejects.REJECTS_TAG, main="unused"))
-    all_rejects = ((outputs[rejects.REJECTS_TAG], label_rejects[rejects.REJECTS_TAG])
-                   | "FlattenRejects" >> beam.Flatten())
+    all_rejects = ((outputs[rejects.REJECTS_TAG], label_rejects) | "FlattenRejects" >> beam.Flatten())
     for i, path in enumerate(self._rejects_paths):
       _ = all_rejects | f"WriteRejects{i}" >> rejects.WriteJsonLines(path)
     return outputs[EXAMPLES_TAG]

@@ -5,18 +5,23 @@ validation `Image ID,male,Bone Age (months)` with TRUE/FALSE, test
 `Case ID,Sex,Ground truth bone age (months)` with M/F and decimal ages), and
 hospitals export their own. `TableSpec` names the columns of one layout; the
 parser checks every row and returns the good ones plus one InputError per bad
-row (non-numeric or out-of-range age, unknown sex, empty id, duplicate id), so
-the job can list them in its rejects file instead of dropping them.
+row (non-numeric or out-of-range age, unknown sex, empty id, bytes that are
+not UTF-8, duplicate id), so the job can list them in its rejects file
+instead of dropping them. `ReadLabelTables` does the same inside a Beam job,
+streaming each table on a worker, so no row ever enters the job graph.
 """
 
 import csv
 import dataclasses
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+
+import apache_beam as beam
 
 from bone_age import age_groups
 from bone_age import errors
+from beam_pipelines import rejects
 
 _MALE_WORDS = frozenset({"true", "1", "m", "male", "t", "yes"})
 _FEMALE_WORDS = frozenset({"false", "0", "f", "female", "no"})
@@ -85,38 +90,60 @@ def _column_index(header: Sequence[str], name: str, table_name: str) -> int:
   raise ValueError(f"label table {table_name} has no column {name!r} (columns: {list(header)})")
 
 
-def parse_table(text: str, table_name: str, spec: TableSpec, split: str | None = None
-                ) -> tuple[list[LabelRow], list[tuple[errors.InputError, str | None]]]:
-  """Parses one CSV label table.
+def _is_not_utf8(text: str) -> bool:
+  return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _escape_not_utf8(text: str) -> str:
+  """Lone surrogates from surrogateescape shown as backslash escapes of their bytes."""
+  return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _header_indices(header: Sequence[str] | None, spec: TableSpec, table_name: str) -> tuple[int, int, int]:
+  if header is None:
+    raise ValueError(f"label table {table_name} is empty")
+  return (_column_index(header, spec.id_column, table_name), _column_index(header, spec.age_column, table_name),
+          _column_index(header, spec.sex_column, table_name))
+
+
+def check_header(first_line: str, table_name: str, spec: TableSpec) -> None:
+  """Raises ValueError when a table's header line lacks one of the spec's columns (or the table is empty)."""
+  _header_indices(next(csv.reader([first_line]), None) if first_line.strip() else None, spec, table_name)
+
+
+def iter_table(lines: Iterable[str], table_name: str, spec: TableSpec, split: str | None = None
+               ) -> Iterator[LabelRow | tuple[errors.InputError, str | None]]:
+  """Parses one CSV label table row by row, holding one row in memory at a time.
 
   Args:
-    text: The CSV text (header line first).
+    lines: The table's text lines (header first), e.g. an open text file.
     table_name: Name shown in rejects (`labels.csv`), with the line number.
     spec: Which columns hold id, age and sex.
     split: Official split of every row of this table, if any.
 
-  Returns:
-    (rows, rejected): valid rows in table order, and (InputError, id) for
-    each bad row. Duplicates are NOT resolved here (see `resolve_duplicates`).
+  Yields:
+    A LabelRow per valid row, an (InputError, id) pair per bad row, in table
+    order. Duplicates are NOT resolved here (see `resolve_duplicates`).
 
   Raises:
     ValueError: the table lacks one of the spec's columns (a layout mismatch,
       not a bad row: nothing of it could be used).
   """
-  reader = csv.reader(io.StringIO(text))
+  reader = csv.reader(lines)
   header = next(reader, None)
-  if header is None:
-    raise ValueError(f"label table {table_name} is empty")
-  id_i = _column_index(header, spec.id_column, table_name)
-  age_i = _column_index(header, spec.age_column, table_name)
-  sex_i = _column_index(header, spec.sex_column, table_name)
-  rows, rejected = [], []
-  for line_number, cells in enumerate(reader, start=2):
+  id_i, age_i, sex_i = _header_indices(header, spec, table_name)
+  for cells in reader:
     if not any(c.strip() for c in cells):
       continue  # blank line, e.g. a trailing newline: not a row
-    source = f"{table_name}:{line_number}"
+    # The line the row ends on, as an editor shows it (a quoted cell may span lines).
+    source = f"{table_name}:{reader.line_num}"
     example_id = cells[id_i].strip() if id_i < len(cells) else ""
     try:
+      if any(_is_not_utf8(c) for c in cells):
+        # Read with surrogateescape: the bytes that are not UTF-8 become lone
+        # surrogates, which Beam cannot encode; name the row with them escaped.
+        example_id = _escape_not_utf8(example_id)
+        raise errors.InputError(source, errors.INVALID_LABEL, "row is not valid UTF-8")
       if len(cells) <= max(id_i, age_i, sex_i):
         raise errors.InputError(source, errors.INVALID_LABEL, f"row has {len(cells)} cells, expected {len(header)}")
       if not example_id:
@@ -126,9 +153,22 @@ def parse_table(text: str, table_name: str, spec: TableSpec, split: str | None =
       if male is None:
         raise errors.InputError(source, errors.UNKNOWN_SEX, f"sex {cells[sex_i]!r} is neither male nor female")
     except errors.InputError as e:
-      rejected.append((e, example_id or None))
+      yield e, example_id or None
       continue
-    rows.append(LabelRow(id=example_id, boneage_months=age, male=male, source=source, split=split))
+    yield LabelRow(id=example_id, boneage_months=age, male=male, source=source, split=split)
+
+
+def parse_table(text: str, table_name: str, spec: TableSpec, split: str | None = None
+                ) -> tuple[list[LabelRow], list[tuple[errors.InputError, str | None]]]:
+  """Parses a whole CSV label table held in memory (see `iter_table`).
+
+  Returns:
+    (rows, rejected): valid rows in table order, and (InputError, id) for
+    each bad row.
+  """
+  rows, rejected = [], []
+  for item in iter_table(io.StringIO(text), table_name, spec, split):
+    (rows if isinstance(item, LabelRow) else rejected).append(item)
   return rows, rejected
 
 
@@ -162,3 +202,73 @@ def resolve_duplicates(rows: Iterable[LabelRow]) -> tuple[list[LabelRow], list[t
       detail = f"id appears with different labels in {sources}; none used"
     rejected.extend((errors.InputError(r.source, errors.DUPLICATE_ID, detail), example_id) for r in extra)
   return kept, rejected
+
+
+READ_COUNT_TAG = "rows_read"
+
+
+class ParseLabelTableFn(beam.DoFn):
+  """(path, TableSpec, split or None) -> LabelRow, or a counted reject per bad row.
+
+  Streams the table through Beam's filesystems on a worker (one row in
+  memory at a time), so a table's size never enters the job graph. Also
+  emits, on `READ_COUNT_TAG`, the number of rows the table held.
+  """
+
+  def process(self, table: tuple[str, TableSpec, str | None]):
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+    path, spec, split = table
+    table_name = path.rstrip("/").rsplit("/", 1)[-1]
+    num_read = 0
+    with FileSystems.open(path, compression_type="uncompressed") as raw:
+      text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+      for item in iter_table(text, table_name, spec, split):
+        num_read += 1
+        if isinstance(item, LabelRow):
+          yield item
+        else:
+          yield rejects.reject(*item)
+    yield beam.pvalue.TaggedOutput(READ_COUNT_TAG, num_read)
+
+
+def by_id(row: LabelRow) -> tuple[str, LabelRow]:
+  return row.id, row
+
+
+class ResolveDuplicatesFn(beam.DoFn):
+  """(id, rows) -> the row kept for the id (`resolve_duplicates`), rejects for the others."""
+
+  def process(self, grouped: tuple[str, Iterable[LabelRow]]):
+    _, group = grouped
+    kept, rejected = resolve_duplicates(group)
+    yield from kept
+    for error, example_id in rejected:
+      yield rejects.reject(error, example_id)
+
+
+class ReadLabelTables(beam.PTransform):
+  """PBegin -> {"rows": unique valid LabelRows, "rejects": reject records, "rows_read": int}.
+
+  Args:
+    tables: (path, TableSpec, official split or None) per label table; paths
+      any Beam filesystem can open (local, gs://).
+  """
+
+  def __init__(self, tables: Sequence[tuple[str, TableSpec, str | None]]):
+    super().__init__()
+    self._tables = [(str(path), spec, split) for path, spec, split in tables]
+
+  def expand(self, pbegin):
+    parsed = (pbegin
+              | "ListTables" >> beam.Create(self._tables)
+              | "ParseTables" >> beam.ParDo(ParseLabelTableFn()).with_outputs(
+                  rejects.REJECTS_TAG, READ_COUNT_TAG, main="rows"))
+    resolved = (parsed.rows
+                | "KeyById" >> beam.Map(by_id)
+                | "GroupById" >> beam.GroupByKey()
+                | "ResolveDuplicates" >> beam.ParDo(ResolveDuplicatesFn()).with_outputs(
+                    rejects.REJECTS_TAG, main="rows"))
+    label_rejects = ((parsed[rejects.REJECTS_TAG], resolved[rejects.REJECTS_TAG])
+                     | "FlattenLabelRejects" >> beam.Flatten())
+    rows_read = parsed[READ_COUNT_TAG] | "SumRowsRead" >> beam.CombineGlobally(sum)
+    return {"rows": resolved.rows, "rejects": label_rejects, READ_COUNT_TAG: rows_read}

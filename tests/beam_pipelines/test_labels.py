@@ -73,3 +73,16 @@ def test_duplicates_conflicting_rows_all_rejected_identical_kept_once():
   # Same decision whatever the row order.
   kept_reversed, rejected_reversed = labels.resolve_duplicates(list(reversed(rows)))
   assert [r.id for r in kept_reversed] == ["2", "3"] and len(rejected_reversed) == 3
+
+
+def test_a_row_that_is_not_utf8_is_rejected_and_the_others_are_read(tmp_path):
+  table = tmp_path / "labels.csv"
+  table.write_bytes(b"\xef\xbb\xbfid,boneage,male\n1,10,True\nb\xe9d,20,False\n3,30,F\n")
+  got = list(labels.ParseLabelTableFn().process((str(table), labels.TRAIN_SPEC, None)))
+  rows = [g for g in got if isinstance(g, labels.LabelRow)]
+  tagged = {g.tag: g.value for g in got if not isinstance(g, labels.LabelRow)}
+  assert [(r.id, r.male, r.source) for r in rows] == [("1", True, "labels.csv:2"), ("3", False, "labels.csv:4")]
+  assert tagged["rows_read"] == 3
+  bad = tagged["rejects"]
+  assert bad["reason"] == "invalid_label" and bad["id"] == "b\\xe9d" and bad["source"] == "labels.csv:3"
+  assert bad["id"].encode("utf-8")  # no lone surrogates left: Beam can encode it

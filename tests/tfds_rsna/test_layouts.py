@@ -1,5 +1,6 @@
 """Each manual_dir layout builds, with the right splits, labels and age-group edges."""
 
+import json
 import pathlib
 
 import apache_beam as beam
@@ -156,11 +157,21 @@ def test_layout_detection_errors_are_clear(tmp_path):
 
 
 def test_an_id_with_two_image_files_is_rejected_not_guessed(tmp_path):
-  (tmp_path / "images").mkdir()
-  (tmp_path / "images" / "7.png").write_bytes(b"x")
-  (tmp_path / "images" / "7.dcm").write_bytes(b"y")
-  path, error = layouts.image_path_for("7", layouts.index_images(tmp_path))
-  assert path is None and error.reason == "duplicate_id" and "7.dcm" in error.detail
+  manual = tmp_path / "manual"
+  (manual / "images" / "sub").mkdir(parents=True)
+  for i in range(12):
+    (manual / "images" / f"{i}.png").write_bytes(_png(i))
+  (manual / "images" / "sub" / "7.dcm").write_bytes(b"y")  # a second file for id 7, one folder down
+  (manual / "images" / ".8.png").write_bytes(_png(8))  # hidden: not an image of id .8
+  (manual / "images" / "99.png").write_bytes(_png(99))  # no label row
+  (manual / "labels.csv").write_text("id,boneage,male\n" + "".join(f"{i},{20 + 15 * i},{i % 2 == 0}\n"
+                                                                    for i in range(12)))
+  builder, examples = _build(manual, tmp_path / "out")
+  assert set(examples) == {str(i) for i in range(12)} - {"7"}
+  assert builder.info.metadata["rejected"] == {"duplicate_id": 1}
+  (record,) = [json.loads(l) for l in (pathlib.Path(builder.data_dir) / "rejects.jsonl").read_text().splitlines()]
+  assert record["id"] == "7" and "7.dcm" in record["detail"] and "7.png" in record["detail"]
+  assert builder.info.metadata["rows_read"] == 12 and builder.info.metadata["image_files_without_label"] == 1
 
 
 def test_rejected_counts_fall_back_to_the_rejects_file_without_beam_metrics(tmp_path):

@@ -53,3 +53,36 @@ def test_tiny_and_tied_inputs_do_not_fail():
 def test_bad_fractions_raise(validation, test):
   with pytest.raises(ValueError):
     splits.assign_splits(_rows(10), validation_fraction=validation, test_fraction=test)
+
+
+def _as_dict(id_split_pairs):
+  return dict(id_split_pairs)
+
+
+def _equals(expected):
+  def check(actual):
+    (got,) = actual
+    assert got == expected, {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+  return check
+
+
+def test_the_beam_split_equals_assign_splits():
+  """The split computed by the workers (`labeled_images`) is the launcher-side rule, row for row."""
+  from apache_beam.testing.test_pipeline import TestPipeline  # pylint: disable=g-import-not-at-top
+  from apache_beam.testing.util import assert_that  # pylint: disable=g-import-not-at-top
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from beam_pipelines import labels  # pylint: disable=g-import-not-at-top
+  from tfds_rsna.rsna_bone_age import labeled_images  # pylint: disable=g-import-not-at-top
+  rows = _rows(700, seed=5) + [(f"t{i}", 120.0, True) for i in range(40)]  # ties across a stratum edge
+  expected = splits.assign_splits(rows, validation_fraction=0.2, test_fraction=0.1)
+  label_rows = [labels.LabelRow(id=i, boneage_months=a, male=m, source=f"labels.csv:{n}")
+                for n, (i, a, m) in enumerate(rows)]
+  with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(
+      ["--runner=DirectRunner", "--direct_running_mode=in_memory"])) as p:
+    assigned = (p
+                | beam.Create(label_rows)
+                | labeled_images.AssignHashedSplits(validation_fraction=0.2, test_fraction=0.1, num_strata_groups=3)
+                | beam.Map(lambda r: (r.id, r.split))
+                | beam.combiners.ToList()
+                | beam.Map(_as_dict))
+    assert_that(assigned, _equals(expected))

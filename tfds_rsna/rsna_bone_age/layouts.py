@@ -14,7 +14,8 @@
 Images are found by file stem anywhere below the layout's image root
 (`manual_dir` itself for Kaggle and official), so any folder naming works; an
 id with two image files (`1.png` and `1.dcm`) is ambiguous and rejected
-rather than guessed.
+rather than guessed. The tables are read and joined with the images inside
+the Beam job (`labeled_images`); this module only detects the layout.
 """
 
 import dataclasses
@@ -22,7 +23,6 @@ import logging
 
 from etils import epath
 
-from bone_age import errors
 from beam_pipelines import labels as labels_lib
 from tfds_rsna.rsna_bone_age import splits
 
@@ -102,34 +102,17 @@ def detect_layout(manual_dir) -> Layout:
                    f"keep the label tables of one layout only. Expected {expected}")
 
 
-def index_images(image_root) -> dict[str, list[str]]:
-  """{file stem: [paths]} of every candidate image file below `image_root` (none if it is absent)."""
-  index: dict[str, list[str]] = {}
-  if not epath.Path(image_root).is_dir():
-    return index
-  for folder, _, file_names in epath.Path(image_root).walk():
-    for name in file_names:
-      path = epath.Path(folder) / name
-      if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
-        continue
-      index.setdefault(path.stem, []).append(str(path))
-  return {stem: sorted(paths) for stem, paths in index.items()}
+def check_headers(layout: Layout) -> None:
+  """Reads only the first line of each label table and checks its columns.
 
-
-def read_labels(layout: Layout) -> tuple[list[labels_lib.LabelRow], list[tuple[errors.InputError, str | None]], int]:
-  """All label rows of the layout's tables.
-
-  Returns:
-    (unique valid rows sorted by id, rejected rows, number of rows read).
+  Raises:
+    ValueError: a table is empty or lacks a column of its layout (nothing of
+      it could be used: a usage error, not a bad row).
   """
-  rows, rejected = [], []
-  for path, spec, split in layout.tables:
-    table_rows, table_rejected = labels_lib.parse_table(path.read_text(encoding="utf-8-sig"), path.name, spec, split)
-    rows += table_rows
-    rejected += table_rejected
-  num_read = len(rows) + len(rejected)
-  unique, duplicates = labels_lib.resolve_duplicates(rows)
-  return unique, rejected + duplicates, num_read
+  for path, spec, _ in layout.tables:
+    with path.open("rb") as f:
+      first_line = f.readline().decode("utf-8-sig", errors="replace")
+    labels_lib.check_header(first_line, path.name, spec)
 
 
 def count_unlabeled_rows(layout: Layout) -> int:
@@ -140,12 +123,3 @@ def count_unlabeled_rows(layout: Layout) -> int:
   logging.info("Kaggle unlabeled test set: %d rows in %s, not built (no labels; score them with boneage-score)",
                len(lines), layout.unlabeled_table)
   return len(lines)
-
-
-def image_path_for(example_id: str, index: dict[str, list[str]]) -> tuple[str | None, errors.InputError | None]:
-  """The single image file of an id, None if absent, or an ambiguity error."""
-  paths = index.get(example_id, [])
-  if len(paths) > 1:
-    return None, errors.InputError(example_id, errors.DUPLICATE_ID,
-                                   f"{len(paths)} image files share this id: {', '.join(paths)}")
-  return (paths[0] if paths else None), None

@@ -2,12 +2,13 @@
 
 A Beam-based TFDS builder over a manually downloaded `manual_dir` in one of
 three layouts (see `layouts`). The launcher reads and validates the label
-tables, fixes the splits (official ones, or a stable hashed stratified split)
-and the age-group edges (quantiles of the TRAINING labels, stored in the
-metadata so trainer and scorer use exactly the same groups); one Beam stage
-then decodes, validates and letterboxes every image. Every refused input is
-listed in `rejects.jsonl` beside the dataset files and counted per reason in
-`info.metadata["rejected"]`.
+tables' headers; the Beam job reads the tables, fixes the splits (official
+ones, or a stable hashed stratified split) and the age-group edges (quantiles
+of the TRAINING labels, stored in the metadata so trainer and scorer use
+exactly the same groups), joins the labels with the image files by id
+(`labeled_images`) and decodes, validates and letterboxes every image. Every
+refused input is listed in `rejects.jsonl` beside the dataset files and
+counted per reason in `info.metadata["rejected"]`.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ from bone_age import age_groups
 from bone_age import imaging
 from bone_age import schema
 from beam_pipelines import examples as examples_lib
+from tfds_rsna.rsna_bone_age import labeled_images
 from tfds_rsna.rsna_bone_age import layouts
 from tfds_rsna.rsna_bone_age import splits as splits_lib
 
@@ -99,34 +101,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     manual_dir = dl_manager.manual_dir
     layout = layouts.detect_layout(manual_dir)
-    rows, label_rejects, num_read = layouts.read_labels(layout)
-    split_of = self._assign_splits(layout, rows)
-    train_ages = [r.boneage_months for r in rows if split_of[r.id] == splits_lib.TRAIN]
-    try:
-      edges = age_groups.quantile_edges(train_ages, config.num_age_groups)
-    except ValueError as e:
-      raise ValueError(f"cannot compute {config.num_age_groups} age groups from {len(train_ages)} valid training "
-                       f"labels in {manual_dir}: {e}") from e
-    index = layouts.index_images(layout.image_root)
-    records = []
-    for row in rows:
-      path, ambiguity = layouts.image_path_for(row.id, index)
-      if ambiguity is not None:
-        label_rejects.append((ambiguity, row.id))
-        continue
-      records.append(examples_lib.ImageRecord(
-          id=row.id, path=path, boneage_months=row.boneage_months, male=row.male,
-          age_group=int(age_groups.assign(row.boneage_months, edges)), split=split_of[row.id]))
-    labeled_ids = {r.id for r in rows}
-    unlabeled_images = sum(1 for stem in index if stem not in labeled_ids)
-    if unlabeled_images:
-      logging.warning("%d image files in %s have no label row; they are not part of the dataset",
-                      unlabeled_images, manual_dir)
+    layouts.check_headers(layout)  # a wrong layout fails here, before any worker starts
+    split_rule = labeled_images.SplitRule(
+        official=layout.has_official_splits, validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction, num_strata_groups=config.num_age_groups)
     self.info.metadata.update({
-        EDGES_KEY: edges,
         "layout": layout.name,
-        "rows_read": num_read,
-        "image_files_without_label": unlabeled_images,
         "kaggle_unlabeled_test_rows_not_built": layouts.count_unlabeled_rows(layout),
         "split_rule": "official" if layout.has_official_splits else (
             f"sha256 rank within sex x age-group strata, validation={config.validation_fraction}, "
@@ -135,24 +115,41 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     rejects_paths = [str(self.data_path / REJECTS_FILE)]
     if self._extra_rejects_path:
       rejects_paths.append(str(self._extra_rejects_path))
-    examples = pipeline | "RsnaBoneAge" >> examples_lib.BuildExamples(
-        records, label_rejects, config.image_size_px, rejects_paths, max_pixels=config.max_pixels)
-    present = [s for s in (splits_lib.TRAIN, splits_lib.VALIDATION, splits_lib.TEST)
-               if any(r.split == s for r in records)]
-    return {split: self._generate_examples(examples, split) for split in present}
+    # Label tables are read, split and joined with the image files by the
+    # workers: the job graph holds paths only, whatever the number of rows.
+    labeled = pipeline | "Labels" >> labeled_images.LabeledImages(
+        [(str(path), spec, split) for path, spec, split in layout.tables], str(layout.image_root), split_rule,
+        config.num_age_groups, str(self.data_path / labeled_images.FACTS_FILE))
+    examples = (labeled["records"], labeled["rejects"]) | "RsnaBoneAge" >> examples_lib.BuildExamples(
+        config.image_size_px, rejects_paths, max_pixels=config.max_pixels)
+    return {split: self._generate_examples(examples, split) for split in self._declared_splits(layout)}
 
-  def _assign_splits(self, layout: layouts.Layout, rows) -> dict[str, str]:
+  def _declared_splits(self, layout: layouts.Layout) -> list[str]:
+    """Splits announced before the job runs: every official table, else every non-zero fraction."""
     if layout.has_official_splits:
-      return {r.id: r.split for r in rows}
+      return sorted({split for _, _, split in layout.tables},
+                    key=(splits_lib.TRAIN, splits_lib.VALIDATION, splits_lib.TEST).index)
     config = self.builder_config
-    return splits_lib.assign_splits(
-        [(r.id, r.boneage_months, r.male) for r in rows],
-        validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
-        num_strata_groups=config.num_age_groups)
+    fractions = {splits_lib.TRAIN: 1.0, splits_lib.VALIDATION: config.validation_fraction,
+                 splits_lib.TEST: config.test_fraction}
+    return [split for split, fraction in fractions.items() if fraction > 0]
 
   def _generate_examples(self, examples, split: str):
     """The split's examples from the shared Beam stage, as (id, example)."""
     return examples_lib.SelectSplit(examples, split)
+
+  def _read_facts(self) -> None:
+    facts_path = self.data_path / labeled_images.FACTS_FILE
+    facts = json.loads(facts_path.read_text())
+    self.info.metadata.update({
+        EDGES_KEY: facts["age_group_edges_months"],
+        "rows_read": facts["rows_read"],
+        "image_files_without_label": facts["image_files_without_label"],
+    })
+    if facts["image_files_without_label"]:
+      logging.warning("%d image files have no label row; they are not part of the dataset",
+                      facts["image_files_without_label"])
+    facts_path.unlink()  # its content now lives in the metadata
 
   def _count_rejects_file(self) -> dict[str, int]:
     counts: dict[str, int] = {}
@@ -162,8 +159,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return dict(sorted(counts.items()))
 
   def _process_pipeline_result(self, pipeline_result) -> None:
-    # Runs after the Beam job, before the DatasetInfo is written: the
-    # rejects counted by the workers go into the dataset's metadata.
+    # Runs after the Beam job, before the DatasetInfo is written: the facts
+    # and rejects counted by the workers go into the dataset's metadata.
+    self._read_facts()
     try:
       totals = examples_lib.counter_totals(pipeline_result)
       rejected_counts = examples_lib.rejected_by_reason(totals)

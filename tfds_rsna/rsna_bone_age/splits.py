@@ -55,6 +55,38 @@ def _largest_remainder(quotas: dict, total: int) -> dict:
   return counts
 
 
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+  """Raises ValueError unless both fractions are in [0, 1) and leave room for training."""
+  if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or validation_fraction + test_fraction >= 1:
+    raise ValueError(f"bad split fractions: validation={validation_fraction}, test={test_fraction}")
+
+
+def stratum_of(age_months: float, male: bool, edges: Sequence[float]) -> tuple[bool, int]:
+  """The (sex, age group) stratum of a row, given `stratum_edges` of all valid ages."""
+  return bool(male), int(age_groups.assign(age_months, edges)) if edges else 0
+
+
+def stratum_quotas(stratum_sizes: dict, *, validation_fraction: float, test_fraction: float
+                   ) -> dict[tuple[bool, int], tuple[int, int]]:
+  """{stratum: (test count, validation count)} for strata of the given sizes (largest remainder)."""
+  n_total = sum(stratum_sizes.values())
+  n_test = _largest_remainder({k: n * test_fraction for k, n in stratum_sizes.items()},
+                              int(round(n_total * test_fraction)))
+  n_val = _largest_remainder({k: n * validation_fraction for k, n in stratum_sizes.items()},
+                             int(round(n_total * validation_fraction)))
+  quotas = {}
+  for key, size in stratum_sizes.items():
+    t = min(n_test[key], size)
+    quotas[key] = (t, min(n_val[key], size - t))
+  return quotas
+
+
+def split_by_rank(rank: int, quota: tuple[int, int]) -> str:
+  """The split of the id at `rank` (0-based, by `id_rank_key`) inside a stratum with `quota`."""
+  n_test, n_val = quota
+  return TEST if rank < n_test else VALIDATION if rank < n_test + n_val else TRAIN
+
+
 def assign_splits(rows: Sequence[tuple[str, float, bool]], *, validation_fraction: float = 0.15,
                   test_fraction: float = 0.15, num_strata_groups: int = 3,
                   salt: str = DEFAULT_SALT) -> dict[str, str]:
@@ -70,25 +102,18 @@ def assign_splits(rows: Sequence[tuple[str, float, bool]], *, validation_fractio
   Returns:
     {id: split}.
   """
-  if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or validation_fraction + test_fraction >= 1:
-    raise ValueError(f"bad split fractions: validation={validation_fraction}, test={test_fraction}")
+  check_fractions(validation_fraction, test_fraction)
   if not rows:
     return {}
   edges = stratum_edges([age for _, age, _ in rows], num_strata_groups)
   strata: dict[tuple[bool, int], list[str]] = {}
   for example_id, age, male in rows:
-    key = (bool(male), int(age_groups.assign(age, edges)) if edges else 0)
-    strata.setdefault(key, []).append(example_id)
-  n_total = len(rows)
-  n_test = _largest_remainder({k: len(v) * test_fraction for k, v in strata.items()},
-                              int(round(n_total * test_fraction)))
-  n_val = _largest_remainder({k: len(v) * validation_fraction for k, v in strata.items()},
-                             int(round(n_total * validation_fraction)))
+    strata.setdefault(stratum_of(age, male, edges), []).append(example_id)
+  quotas = stratum_quotas({k: len(v) for k, v in strata.items()}, validation_fraction=validation_fraction,
+                          test_fraction=test_fraction)
   assignment = {}
   for key, ids in strata.items():
     ranked = sorted(ids, key=lambda i: (id_rank_key(i, salt), i))
-    t = min(n_test[key], len(ranked))
-    v = min(n_val[key], len(ranked) - t)
-    for i, example_id in enumerate(ranked):
-      assignment[example_id] = TEST if i < t else VALIDATION if i < t + v else TRAIN
+    for rank, example_id in enumerate(ranked):
+      assignment[example_id] = split_by_rank(rank, quotas[key])
   return assignment
