@@ -9,6 +9,15 @@ from collections.abc import Iterable, Sequence
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# boneage-train's exit status after it checkpointed on SIGTERM: "rerun the same
+# command to continue" (trainer.checkpointing.PREEMPTED_EXIT_CODE; launch may
+# not import the trainer, and a test keeps the two equal). 128 + SIGTERM, so a
+# trainer killed by SIGTERM before it could checkpoint is rerun too: it
+# resumes from its last periodic checkpoint.
+PREEMPTED_EXIT_CODE = 143
+# Reruns after preemption before the supervisor gives up (a trainer that exits
+# 143 at once every time would otherwise loop forever).
+DEFAULT_MAX_RESTARTS = 20
 
 
 class LaunchError(ValueError):
@@ -77,6 +86,54 @@ def check_config_overrides(overrides: Iterable[str]) -> list[str]:
       raise LaunchError(f"--config_override must be key=value; got {override!r}")
     checked.append(override)
   return checked
+
+
+def scaling_overrides(*, per_replica_batch_size: int | None, steps_per_loop: int | None) -> list[str]:
+  """The trainer config overrides for the per-replica batch and the steps per tf.function call.
+
+  The trainer derives the global batch (per-replica x replicas) and the scaled
+  learning rate from these, so the same flags fit one GPU and a pod slice.
+  None leaves the experiment's own value.
+  """
+  overrides = []
+  if require_positive(per_replica_batch_size, "--per_replica_batch_size") is not None:
+    overrides.append(f"data.per_replica_batch_size={per_replica_batch_size}")
+  if require_positive(steps_per_loop, "--steps_per_loop") is not None:
+    overrides.append(f"train.steps_per_loop={steps_per_loop}")
+  return overrides
+
+
+def restart_on_preemption_script(max_restarts: int = DEFAULT_MAX_RESTARTS) -> str:
+  """Bash that runs "$@" and reruns it while it exits with PREEMPTED_EXIT_CODE.
+
+  Use as `bash -c SCRIPT NAME PROGRAM ARGS...`. The program runs as a child
+  so SIGTERM/SIGINT sent to the script (a container stop, `kill PID`) reach
+  it: the trainer checkpoints and exits, and the script then exits with the
+  trainer's status instead of rerunning it, since whoever stopped the script
+  wanted it stopped. Any other exit status ends the loop with that status; so
+  does the preemption status after `max_restarts` reruns.
+
+  Args:
+    max_restarts: Reruns allowed after preemption exits.
+  """
+  require_positive(max_restarts, "--max_restarts")
+  code = PREEMPTED_EXIT_CODE
+  # One line, so printed commands stay one per line; launch/tpu_vm.sh writes the same text.
+  return ("stop=0; child=0; restarts=0; "
+          "trap 'stop=1; [ \"$child\" -ne 0 ] && kill -TERM \"$child\" 2>/dev/null' TERM INT; "
+          "while true; do "
+          "\"$@\" & child=$!; "
+          "wait \"$child\"; status=$?; "
+          # wait returns early when a trapped signal arrives: wait for the real exit.
+          "while [ \"$stop\" -eq 1 ] && kill -0 \"$child\" 2>/dev/null; do wait \"$child\"; status=$?; done; "
+          "child=0; "
+          f"if [ \"$status\" -ne {code} ] || [ \"$stop\" -eq 1 ]; then exit \"$status\"; fi; "
+          f"if [ \"$restarts\" -ge {max_restarts} ]; then "
+          f"echo \"restart-on-preemption: $1 exited {code} (preempted) again after {max_restarts} reruns; "
+          "giving up\" >&2; exit \"$status\"; fi; "
+          "restarts=$((restarts + 1)); "
+          f"echo \"restart-on-preemption: $1 exited {code} (preempted); rerun $restarts of {max_restarts}\" >&2; "
+          "done")
 
 
 def train_args(*, data_dir: str, model_dir: str, experiment: str, strategy: str, precision: str,

@@ -12,6 +12,14 @@ replica), workerPoolSpecs[1] holds the other workers. TensorFlow's
 MultiWorkerMirroredStrategy reads TF_CONFIG, so the "chief" + "worker" tasks
 form one all-reduce group; pools 2 and 3 (parameter servers, evaluator) stay
 unused.
+
+Preemption: every replica runs boneage-train under the restart-on-preemption
+loop (common.restart_on_preemption_script), which reruns the trainer in place
+when it checkpointed and exited with common.PREEMPTED_EXIT_CODE. When Vertex AI
+itself restarts a worker (host maintenance, a reclaimed Spot VM),
+`scheduling.restartJobOnWorkerRestart` restarts every replica together, so a
+multi-worker all-reduce group re-forms, and each reruns the same command,
+which resumes from the newest checkpoint in --model_dir.
 """
 
 import dataclasses
@@ -26,6 +34,11 @@ CLOUD_TPU_CORES = 8
 # TPU v5e hosts on Vertex AI: chips per host -> the single-host slice topology.
 V5E_TOPOLOGY_BY_CHIPS = {1: "1x1", 4: "2x2", 8: "2x4"}
 # G2 machine types come with a fixed number of L4 GPUs.
+# Vertex AI Scheduling.strategy values: STANDARD (on demand), SPOT (preemptible,
+# cheaper; preemption resumes as above), FLEX_START (Dynamic Workload Scheduler:
+# waits up to maxWaitDuration for the machines).
+SCHEDULING_STRATEGIES = ("STANDARD", "SPOT", "FLEX_START")
+RESTART_LOOP_NAME = "restart-on-preemption"
 G2_GPUS = {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1, "g2-standard-16": 1,
            "g2-standard-32": 1, "g2-standard-24": 2, "g2-standard-48": 4, "g2-standard-96": 8}
 
@@ -67,6 +80,12 @@ class VertexTrainJob:
     tpu_topology: TPU v5e slice topology (derived from the machine type when None).
     config_overrides: key=value strings for the trainer.
     service_account: Service account the replicas run as.
+    per_replica_batch_size: Trainer data.per_replica_batch_size (global = this x replicas).
+    steps_per_loop: Trainer train.steps_per_loop (steps per tf.function call).
+    scheduling_strategy: STANDARD | SPOT | FLEX_START (Vertex AI's default when None).
+    max_wait_hours: FLEX_START only: how long to wait for the machines.
+    timeout_hours: Longest the job may run (Vertex AI's default, 7 days, when None).
+    max_restarts: Reruns in place after preemption exits before the replica gives up.
   """
   mode: str
   image_uri: str | None
@@ -81,6 +100,12 @@ class VertexTrainJob:
   tpu_topology: str | None = None
   config_overrides: list[str] = dataclasses.field(default_factory=list)
   service_account: str | None = None
+  per_replica_batch_size: int | None = None
+  steps_per_loop: int | None = None
+  scheduling_strategy: str | None = None
+  max_wait_hours: float | None = None
+  timeout_hours: float | None = None
+  max_restarts: int = common.DEFAULT_MAX_RESTARTS
 
 
 def _gpu_machine_spec(job: VertexTrainJob, defaults: ModeDefaults) -> dict:
@@ -138,7 +163,38 @@ def container_args(job: VertexTrainJob) -> list[str]:
   return common.train_args(
       data_dir=data_dir, model_dir=model_dir, experiment=job.experiment, strategy=defaults.strategy,
       precision=job.precision or defaults.precision, tpu="local" if job.mode == "tpu" else None,
-      config_overrides=job.config_overrides)
+      config_overrides=[*common.scaling_overrides(per_replica_batch_size=job.per_replica_batch_size,
+                                                  steps_per_loop=job.steps_per_loop),
+                        *job.config_overrides])
+
+
+def container_command(job: VertexTrainJob) -> list[str]:
+  """containerSpec.command: boneage-train under the restart-on-preemption loop (args follow it)."""
+  return ["bash", "-c", common.restart_on_preemption_script(job.max_restarts), RESTART_LOOP_NAME,
+          "boneage-train"]
+
+
+def _duration(hours: float, flag: str) -> str:
+  """Hours -> a protobuf Duration string ("3600s"), which the REST API and gcloud read."""
+  if hours <= 0:
+    raise common.LaunchError(f"{flag} must be more than 0 hours; got {hours}")
+  return f"{round(hours * 3600)}s"
+
+
+def scheduling(job: VertexTrainJob) -> dict:
+  """CustomJobSpec.scheduling: restart every replica when one restarts, plus the chosen strategy."""
+  spec = {"restartJobOnWorkerRestart": True}
+  if job.scheduling_strategy is not None:
+    spec["strategy"] = common.require_choice(job.scheduling_strategy, "--scheduling_strategy",
+                                             SCHEDULING_STRATEGIES)
+  if job.max_wait_hours is not None:
+    if job.scheduling_strategy != "FLEX_START":
+      raise common.LaunchError("--max_wait_hours applies to --scheduling_strategy=FLEX_START only "
+                               "(how long to wait for the machines)")
+    spec["maxWaitDuration"] = _duration(job.max_wait_hours, "--max_wait_hours")
+  if job.timeout_hours is not None:
+    spec["timeout"] = _duration(job.timeout_hours, "--timeout_hours")
+  return spec
 
 
 def custom_job_spec(job: VertexTrainJob) -> dict:
@@ -151,6 +207,8 @@ def custom_job_spec(job: VertexTrainJob) -> dict:
   image_uri = common.require(job.image_uri, "--image_uri",
                              "a training container with this package installed; see launch/Dockerfile")
   args = container_args(job)
+  command = container_command(job)
+  job_scheduling = scheduling(job)
   if job.mode == "tpu":
     machine_spec = _tpu_machine_spec(job, defaults)
   else:
@@ -166,12 +224,12 @@ def custom_job_spec(job: VertexTrainJob) -> dict:
 
   def pool(count: int) -> dict:
     return {"machineSpec": dict(machine_spec), "replicaCount": count,
-            "containerSpec": {"imageUri": image_uri, "command": ["boneage-train"], "args": list(args)}}
+            "containerSpec": {"imageUri": image_uri, "command": list(command), "args": list(args)}}
 
   pools = [pool(1)]
   if replica_count > 1:
     pools.append(pool(replica_count - 1))
-  spec = {"workerPoolSpecs": pools}
+  spec = {"workerPoolSpecs": pools, "scheduling": job_scheduling}
   if job.service_account:
     spec["serviceAccount"] = job.service_account
   return spec
@@ -217,6 +275,17 @@ def submit(spec: dict, *, project: str | None, region: str | None, display_name:
                              worker_pool_specs=to_sdk_dicts(spec["workerPoolSpecs"]),
                              staging_bucket=staging_bucket)
   kwargs = {"service_account": spec["serviceAccount"]} if "serviceAccount" in spec else {}
+  job_scheduling = spec.get("scheduling", {})
+  kwargs["restart_job_on_worker_restart"] = job_scheduling.get("restartJobOnWorkerRestart", False)
+  if "timeout" in job_scheduling:
+    kwargs["timeout"] = int(job_scheduling["timeout"].rstrip("s"))
+  if "strategy" in job_scheduling:
+    # Strategy and maxWaitDuration are newer CustomJob.submit arguments; the
+    # gcloud route (without --submit) carries them in the spec file.
+    from google.cloud.aiplatform_v1.types import custom_job  # pylint: disable=g-import-not-at-top
+    kwargs["scheduling_strategy"] = custom_job.Scheduling.Strategy[job_scheduling["strategy"]]
+  if "maxWaitDuration" in job_scheduling:
+    kwargs["max_wait_duration"] = int(job_scheduling["maxWaitDuration"].rstrip("s"))
   job.submit(**kwargs)
   return job
 
