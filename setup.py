@@ -49,9 +49,12 @@ EXTRAS_REQUIRE = {
     # The TensorFlow variants. tensorflow-tpu exists only up to the 2.20 line, so the
     # TPU route runs TensorFlow 2.20; each variant pins its own TensorBoard line,
     # which also makes the resolver refuse two variants together (e.g. '.[cpu,tpu]').
+    # libtpu is capped at the releases of TensorFlow 2.20's time: later ones drop
+    # functions of the TensorFlow TPU C API, and `import tensorflow` then aborts
+    # ("ConfigureDistributedTpuOp_DoWork not available in this library").
     "cpu": ["tensorflow>=2.21,<2.22", "tensorboard>=2.21,<2.22"],
     "gpu": ["tensorflow[and-cuda]>=2.21,<2.22", "tensorboard>=2.21,<2.22"],
-    "tpu": ["tensorflow-tpu>=2.20,<2.21", "tensorboard>=2.20,<2.21"],
+    "tpu": ["tensorflow-tpu>=2.20,<2.21", "tensorboard>=2.20,<2.21", "libtpu>=0.0.14,<0.0.22"],
 }
 
 CONSOLE_SCRIPTS = [
