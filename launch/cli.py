@@ -107,7 +107,10 @@ def _vertex_train(args: argparse.Namespace) -> int:
       experiment=args.experiment, precision=args.precision, machine_type=args.machine_type,
       accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
       replica_count=args.replica_count, tpu_topology=args.tpu_topology,
-      config_overrides=args.config_override, service_account=args.service_account)
+      config_overrides=args.config_override, service_account=args.service_account,
+      per_replica_batch_size=args.per_replica_batch_size, steps_per_loop=args.steps_per_loop,
+      scheduling_strategy=args.scheduling_strategy, max_wait_hours=args.max_wait_hours,
+      timeout_hours=args.timeout_hours, max_restarts=args.max_restarts)
   spec = vertex.custom_job_spec(job)
   display_name = args.display_name or f"boneage-{args.mode.replace('_', '-')}"
   gcloud = vertex.gcloud_command(project=args.project, region=args.region, display_name=display_name,
@@ -126,6 +129,20 @@ def _vertex_train(args: argparse.Namespace) -> int:
   return _run(gcloud)
 
 
+def _tpu_vm_scaling_flags(args: argparse.Namespace) -> list[str]:
+  """launch/tpu_vm.sh flags for the batch per replica, steps per loop, reruns and following the log."""
+  common.scaling_overrides(per_replica_batch_size=args.per_replica_batch_size,
+                           steps_per_loop=args.steps_per_loop)  # checks them before bash does
+  common.require_positive(args.max_restarts, "--max_restarts")
+  common.require_positive(args.log_sync_seconds, "--log_sync_seconds")
+  flags = common.flag("per_replica_batch_size", args.per_replica_batch_size)
+  flags += common.flag("steps_per_loop", args.steps_per_loop)
+  flags += [f"--max_restarts={args.max_restarts}", f"--log_sync_seconds={args.log_sync_seconds}"]
+  if args.follow:
+    flags.append("--follow")
+  return flags
+
+
 def _tpu_vm(args: argparse.Namespace) -> int:
   command = local.tpu_vm_command(
       project=args.project, zone=args.zone, tpu_name=args.tpu_name, data_dir=args.data_dir,
@@ -133,6 +150,7 @@ def _tpu_vm(args: argparse.Namespace) -> int:
       runtime_version=args.runtime_version, precision=args.precision, config_overrides=args.config_override,
       source_dir=args.source_dir, python=args.python, skip_create=args.skip_create,
       delete_after=args.delete_after, dry_run=args.dry_run)
+  command += _tpu_vm_scaling_flags(args)
   if not args.dry_run:
     return _run(command)
   # The script's own dry run prints the gcloud lines; it runs nothing remote.
@@ -154,6 +172,16 @@ def _tensorboard(args: argparse.Namespace) -> int:
   if not args.dry_run:
     local.check_local_model_dir(args.model_dir)
   return _print_or_run(command, args.dry_run)
+
+
+def _add_scaling_flags(parser: argparse.ArgumentParser) -> None:
+  """Flags shared by vertex-train and tpu-vm: batch per replica, steps per loop, reruns after preemption."""
+  parser.add_argument("--per_replica_batch_size", type=int,
+                      help="trainer data.per_replica_batch_size (global = this x replicas; default: the experiment's)")
+  parser.add_argument("--steps_per_loop", type=int,
+                      help="trainer train.steps_per_loop: steps per tf.function call (default: the experiment's)")
+  parser.add_argument("--max_restarts", type=int, default=common.DEFAULT_MAX_RESTARTS,
+                      help=f"reruns after the trainer exits {common.PREEMPTED_EXIT_CODE} (preempted) before giving up")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_argument("--tpu_topology", help="TPU v5e topology (derived from --machine_type by default)")
   sub.add_argument("--config_override", action="append", default=[], help="key=value, repeatable")
   sub.add_argument("--service_account")
+  _add_scaling_flags(sub)
+  sub.add_argument("--scheduling_strategy", choices=vertex.SCHEDULING_STRATEGIES,
+                   help="STANDARD (on demand), SPOT (preemptible; resumes by itself) or FLEX_START")
+  sub.add_argument("--max_wait_hours", type=float, help="FLEX_START: how long to wait for the machines")
+  sub.add_argument("--timeout_hours", type=float, help="longest run (Vertex AI default: 7 days)")
   sub.add_argument("--display_name")
   sub.add_argument("--config_file", default="vertex_custom_job.yaml", help="where the spec is saved for gcloud")
   sub.add_argument("--submit", action="store_true", help="create the job with google-cloud-aiplatform")
@@ -221,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_argument("--source_dir", default=".", help="repository root to copy to the TPU hosts")
   sub.add_argument("--python", default="python3.11", help="interpreter for the venv on the TPU hosts")
   sub.add_argument("--skip_create", action="store_true", help="reuse an existing TPU VM")
-  sub.add_argument("--delete_after", action="store_true", help="delete the TPU VM after training")
+  sub.add_argument("--delete_after", action="store_true",
+                   help="print the command that deletes the TPU VM once training has finished")
+  _add_scaling_flags(sub)
+  sub.add_argument("--log_sync_seconds", type=int, default=60,
+                   help="how often each host copies its training log to <model_dir>/host_logs/")
+  sub.add_argument("--follow", action="store_true", help="after starting training, follow worker 0's log")
   sub.set_defaults(run=_tpu_vm, parser=sub)
 
   sub = targets.add_parser("local-multiworker", parents=[common_flags],
