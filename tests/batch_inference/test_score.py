@@ -78,7 +78,8 @@ def test_every_input_kind_is_scored_or_rejected_with_its_reason(tiny_export, mak
   inputs = _build_every_kind(tmp_path, make)
   output_dir = tmp_path / "out"
   summary = _run(tiny_export, [inputs / "*", tmp_path / "missing" / "*.png"], output_dir,
-                 f"--metadata_csv={tmp_path / 'meta.csv'}", "--gradcam=true", "--max_member_bytes=20000")
+                 f"--metadata_csv={tmp_path / 'meta.csv'}", "--gradcam=true", "--max_member_bytes=20000",
+                 "--allow_empty_patterns")
   out = outputs_of(output_dir)
   _assert_accounted(out)
   scored = {r["id"]: r for r in out["predictions"]}
@@ -233,7 +234,7 @@ def test_console_exits_1_when_no_input_could_be_read(tiny_export, outputs_of, tm
   missing = tmp_path / "nowhere" / "gone.png"
   with pytest.raises(SystemExit) as exit_info:
     score.main(["boneage-score", f"--model_dir={tiny_export}", f"--inputs={missing}",
-                f"--output_dir={tmp_path / 'out'}", "--runner=DirectRunner"])
+                f"--output_dir={tmp_path / 'out'}", "--runner=DirectRunner", "--allow_empty_patterns"])
   assert exit_info.value.code == 1
   assert "no input could be read" in capsys.readouterr().err
   # The run is published for its rejects but never becomes LATEST.
