@@ -17,7 +17,7 @@ install: $(INSTALLED)
 $(INSTALLED): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
-	$(PY) -m pip install --quiet -e '.[test,dask]'
+	$(PY) -m pip install --quiet -e '.[cpu,test,dask]'
 	touch $@
 
 test: $(INSTALLED)
