@@ -4,7 +4,8 @@ The model needs the patient's sex, and the report needs the age at the study
 to state BA - CA. Both may come from a `--metadata_csv` (id,male[,chronological_
 age_months]) or from the DICOM header (PatientSex, PatientBirthDate,
 StudyDate); the CSV wins field by field, and every output row says which
-source each value came from. A missing sex is never silently filled in: the
+source each value came from. The CSV is read and joined by id on the
+workers (`JoinMetadata`), never loaded by the launcher. A missing sex is never silently filled in: the
 `--unknown_sex` policy decides, and its choice is recorded in the row.
 """
 
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import math
+from collections.abc import Iterator
+
+import apache_beam as beam
 
 from beam_pipelines import labels
+from beam_pipelines import rejects
 from bone_age import errors
 from bone_age import reporting
 from batch_inference import sources
@@ -34,6 +38,8 @@ MAX_CHRONOLOGICAL_AGE_MONTHS = 300.0  # 25 years: beyond any paediatric study
 # Spellings that mean "sex not known" (an empty cell, DICOM's O): such a row
 # leaves the decision to --unknown_sex; any other unrecognised value is an error.
 _UNKNOWN = frozenset({"", "unknown", "o", "other", "nan", "none"})
+_HEADER_BYTES = 64 * 1024  # the header line must fit in this
+BY_STEM_TAG = "by_stem"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,56 +88,142 @@ def _parse_row(row: dict) -> MetadataRow:
     return MetadataRow(male=None, chronological_age_months=None, problem=str(e))
 
 
-def parse_metadata_csv(text: str, source: str) -> dict[str, MetadataRow]:
-  """id -> MetadataRow. Bad rows are kept with their problem (their images get rejected).
+def read_metadata_header(path: str) -> list[str]:
+  """The metadata CSV's column names (lower case), read from its first line only.
+
+  The rows themselves are read by the pipeline's workers (`JoinMetadata`),
+  so the job graph does not grow with the table.
 
   Raises:
-    ValueError: when the header lacks `id` or `male` (a usage error: the job
-      would otherwise ignore the file and score everything by DICOM tags).
+    ValueError: when the file is not UTF-8 text or its header lacks `id` or
+      `male` (a usage error: the job would otherwise ignore the file and
+      score everything by DICOM tags).
   """
-  reader = csv.DictReader(io.StringIO(text))
-  fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-  if "id" not in fields or "male" not in fields:
-    raise ValueError(f"{source}: metadata CSV needs columns id,male[,chronological_age_months], has {fields}")
-  reader.fieldnames = fields
-  table: dict[str, MetadataRow] = {}
-  for line_number, raw in enumerate(reader, start=2):
-    example_id = (raw.get("id") or "").strip()
-    if not example_id:
-      continue
-    row = _parse_row(raw)
-    if row.problem:
-      row = dataclasses.replace(row, problem=f"{source} line {line_number}: {row.problem}")
-    previous = table.get(example_id)
-    if previous is not None and previous != row:
-      row = MetadataRow(None, None, f"{source}: id {example_id!r} is listed twice with different values")
-    table[example_id] = row
-  return table
-
-
-def load_metadata_csv(path: str) -> dict[str, MetadataRow]:
-  """Reads the CSV through Beam's filesystems (local or gs://)."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
   with FileSystems.open(path, compression_type="uncompressed") as f:
-    data = f.read()
+    head = f.read(_HEADER_BYTES)
+  first_line = head.split(b"\n", 1)[0]
   try:
-    text = data.decode("utf-8-sig")
+    text = first_line.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: the metadata CSV is not UTF-8 text ({e})") from e
-  return parse_metadata_csv(text, path)
+  fields = [f.strip().lower() for f in next(csv.reader([text]), [])]
+  if "id" not in fields or "male" not in fields:
+    raise ValueError(f"{path}: metadata CSV needs columns id,male[,chronological_age_months], has {fields}")
+  return fields
 
 
-def lookup(table: dict[str, MetadataRow], example_id: str) -> MetadataRow | None:
-  """The row of an id; archive members also match by their file stem.
+def parse_metadata_line(line: bytes, fields: list[str], source: str) -> Iterator[tuple[str, MetadataRow]]:
+  """(id, MetadataRow) of one CSV data line; nothing for a blank line or an empty id.
+
+  A line that is not UTF-8 or does not parse keeps its problem (its images
+  get rejected as invalid_label).
+  """
+  try:
+    text, not_utf8 = line.decode("utf-8"), False
+  except UnicodeDecodeError:
+    text, not_utf8 = line.decode("utf-8", "backslashreplace"), True
+  if not text.strip():
+    return
+  values = next(csv.reader([text]), [])
+  raw = dict(zip(fields, values))
+  example_id = (raw.get("id") or "").strip()
+  if not example_id:
+    return
+  row = MetadataRow(None, None, "the line is not UTF-8 text") if not_utf8 else _parse_row(raw)
+  if row.problem:
+    row = dataclasses.replace(row, problem=f"{source}: id {example_id!r}: {row.problem}")
+  yield example_id, row
+
+
+def settle_rows(example_id: str, rows: list[MetadataRow], source: str) -> MetadataRow | None:
+  """The one row of an id: None without rows, a problem row when its rows disagree."""
+  distinct = set(rows)
+  if not distinct:
+    return None
+  if len(distinct) > 1:
+    return MetadataRow(None, None, f"{source}: id {example_id!r} is listed twice with different values")
+  return distinct.pop()
+
+
+def member_stem(example_id: str) -> str | None:
+  """The file stem an archive member also matches the CSV by; None for a plain file's id.
 
   So a CSV keyed by RSNA ids ('1377') serves images shipped as 'batch.zip!
   images/1377.png' without the user knowing how we name members.
   """
-  row = table.get(example_id)
-  if row is None and "!" in example_id:
-    row = table.get(sources.strip_image_suffix(example_id.split("!", 1)[1]))
-  return row
+  if "!" not in example_id:
+    return None
+  return sources.strip_image_suffix(example_id.split("!", 1)[1])
+
+
+class MatchRowsFn(beam.DoFn):
+  """(key, {'refs': [MemberRef], 'rows': [MetadataRow]}) -> (MemberRef, row or None).
+
+  Keyed by full id (`by_stem=False`), it also refuses the second and later
+  copies of a member name within one archive (same id and same source), and
+  sends archive members without a row on to the stem join (BY_STEM_TAG).
+  """
+
+  def __init__(self, source: str | None, by_stem: bool):
+    super().__init__()
+    self._source = source
+    self._by_stem = by_stem
+
+  def process(self, element):
+    key, grouped = element
+    row = settle_rows(key, list(grouped.get("rows", ())), self._source or "")
+    refs = sorted(grouped["refs"], key=lambda r: (r.source, r.index))
+    seen = set()
+    for ref in refs:
+      if not self._by_stem:
+        if ref.source in seen:
+          yield rejects.reject(errors.InputError(ref.source, errors.DUPLICATE_ID,
+                                                 "the archive holds this member name twice"), ref.example_id)
+          continue
+        seen.add(ref.source)
+        stem = member_stem(ref.example_id)
+        if row is None and self._source is not None and stem is not None:
+          yield beam.pvalue.TaggedOutput(BY_STEM_TAG, (stem, ref))
+          continue
+      yield ref, row
+
+
+class JoinMetadata(beam.PTransform):
+  """MemberRefs -> (MemberRef, MetadataRow or None), joined on the workers.
+
+  A row keyed by the full id wins; an archive member without one takes the
+  row keyed by its file stem. Without a CSV every reference gets None. Same-
+  name members of one archive are settled here, before any bytes are read.
+  Returns (matched, rejects).
+  """
+
+  def __init__(self, metadata_csv: str | None, fields: list[str] | None):
+    super().__init__()
+    self._csv = metadata_csv
+    self._fields = list(fields or [])
+
+  def expand(self, refs):
+    keyed = refs | "KeyById" >> beam.Map(lambda r: (r.example_id, r))
+    inputs = {"refs": keyed}
+    if self._csv:
+      from apache_beam import coders  # pylint: disable=g-import-not-at-top
+      inputs["rows"] = (refs.pipeline
+                        | "ReadMetadataCsv" >> beam.io.ReadFromText(self._csv, skip_header_lines=1,
+                                                                    coder=coders.BytesCoder())
+                        | "ParseMetadata" >> beam.FlatMap(parse_metadata_line, fields=self._fields,
+                                                          source=self._csv))
+    by_id = (inputs | "GroupById" >> beam.CoGroupByKey()
+             | "MatchById" >> beam.ParDo(MatchRowsFn(self._csv, by_stem=False)).with_outputs(
+                 rejects.REJECTS_TAG, BY_STEM_TAG, main="matched"))
+    if not self._csv:
+      return by_id.matched, by_id[rejects.REJECTS_TAG]
+    by_stem = ({"refs": by_id[BY_STEM_TAG], "rows": inputs["rows"]}
+               | "GroupByStem" >> beam.CoGroupByKey()
+               | "MatchByStem" >> beam.ParDo(MatchRowsFn(self._csv, by_stem=True)))
+    matched = (by_id.matched, by_stem) | "AllMatched" >> beam.Flatten()
+    return matched, by_id[rejects.REJECTS_TAG]
 
 
 def resolve_subjects(example_id: str, source: str, patient, row: MetadataRow | None, unknown_sex: str) -> list[Subject]:

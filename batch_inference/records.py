@@ -9,7 +9,9 @@ rows are written by batch_inference.writers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
+import socket
 
 import apache_beam as beam
 import numpy as np
@@ -21,6 +23,8 @@ from batch_inference import handler
 from batch_inference import overlays
 from batch_inference import patients
 
+WORKER_TALLY_TAG = "worker_tally"  # (worker id, 1) per image, from the process that ran the model
+
 
 @dataclasses.dataclass
 class ScoreKey:
@@ -31,19 +35,19 @@ class ScoreKey:
   transform: object  # bone_age.letterbox.LetterboxTransform
   overlay_original: np.ndarray | None  # downscaled (h, w) uint8, only with Grad-CAM
   suffix: str  # '' or '-M' / '-F' under --unknown_sex=both, for the overlay name
+  counts_image: bool = True  # False for the second subject of one image (--unknown_sex=both)
 
 
 class PrepareRequestFn(beam.DoFn):
-  """PreparedImage -> (ScoreKey, ScoreRequest) per subject, or an unknown-sex / bad-label reject."""
+  """(PreparedImage, MetadataRow or None) -> (ScoreKey, ScoreRequest) per subject, or an unknown-sex / bad-label reject."""
 
-  def __init__(self, metadata: dict, unknown_sex: str, overlay_max_px: int | None):
+  def __init__(self, unknown_sex: str, overlay_max_px: int | None):
     super().__init__()
-    self._metadata = metadata
     self._unknown_sex = unknown_sex
     self._overlay_max_px = overlay_max_px
 
-  def process(self, prepared):
-    row = patients.lookup(self._metadata, prepared.id)
+  def process(self, element):
+    prepared, row = element
     try:
       subjects = patients.resolve_subjects(prepared.id, prepared.source, prepared.patient, row, self._unknown_sex)
     except errors.InputError as e:
@@ -52,9 +56,9 @@ class PrepareRequestFn(beam.DoFn):
     small = None
     if self._overlay_max_px and prepared.original is not None:
       small = overlays.downscale(prepared.original, self._overlay_max_px)
-    for subject in subjects:
+    for i, subject in enumerate(subjects):
       suffix = f"-{subject.sex}" if len(subjects) > 1 else ""
-      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix)
+      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix, counts_image=i == 0)
       yield key, handler.ScoreRequest(prepared.image, subject.male)
 
 
@@ -86,8 +90,17 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
   }
 
 
+def worker_id() -> str:
+  """This process, as `host:pid`: which worker scored an image."""
+  return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class FinishPredictionFn(beam.DoFn):
-  """(ScoreKey, PredictionResult) -> output row; writes the Grad-CAM overlay if any."""
+  """(ScoreKey, PredictionResult) -> output row; writes the Grad-CAM overlay if any.
+
+  Also emits, on WORKER_TALLY_TAG, (worker id, 1) per scored image: this DoFn
+  runs fused with RunInference, so the id is the process that ran the model.
+  """
 
   def __init__(self, staging_dir: str, group_names: list[str]):
     super().__init__()
@@ -107,7 +120,12 @@ class FinishPredictionFn(beam.DoFn):
                          overlays.render(key.overlay_original, heat, caption))
       row["overlay_path"] = f"{overlays.OVERLAYS_DIR}/{name}"
     self._scored.inc()
+    if key.counts_image:
+      yield beam.pvalue.TaggedOutput(WORKER_TALLY_TAG, (self._worker_id, 1))
     yield row
+
+  def setup(self):
+    self._worker_id = worker_id()
 
 
 class SettleDuplicateIdsFn(beam.DoFn):

@@ -21,6 +21,7 @@ import apache_beam as beam
 from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipelines import runners
 from bone_age import age_groups
 from bone_age import errors
 from bone_age import imaging
@@ -31,7 +32,6 @@ from batch_inference import runs
 from batch_inference import sources
 from batch_inference import writers
 
-DASK_RUNNER = "batch_inference.dask_runner.DaskRunner"
 _HELP_FLAGS = ("--help", "-h", "--helpfull", "-?")
 # Reject reasons meaning an input could not even be reached; a run with only these read nothing.
 _NOTHING_READ_REASONS = frozenset({errors.MISSING_FILE, getattr(errors, "LISTING_FAILED", "listing_failed")})
@@ -49,13 +49,21 @@ class ScoreConfig:
   max_member_bytes: int = sources.DEFAULT_MAX_MEMBER_BYTES
   max_pixels: int = imaging.DEFAULT_MAX_PIXELS
   overlay_max_px: int = overlays.DEFAULT_OVERLAY_MAX_PX
+  inputs_manifest: str | None = None
+  allow_empty_patterns: bool = False
+  members_per_read: int = sources.DEFAULT_MEMBERS_PER_READ
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("model_dir", None, "Export dir (has export_metadata.json) or a model_dir holding export/.",
                       flag_values=fv)
-  flags.DEFINE_list("inputs", None, "Comma-separated file patterns (local or gs://) of PNG, JPEG, DICOM files and "
+  flags.DEFINE_list("inputs", [], "Comma-separated file patterns (local or gs://) of PNG, JPEG, DICOM files and "
                     ".zip/.tar/.tar.gz archives of them.", flag_values=fv)
+  flags.DEFINE_string("inputs_manifest", None, "A text file (local or gs://) with one more file pattern per line "
+                      "(blank and # lines skipped), read and matched by the workers: for listings too large for "
+                      "--inputs.", flag_values=fv)
+  flags.DEFINE_boolean("allow_empty_patterns", False, "An --inputs pattern that matches no file becomes a "
+                       "missing_file reject instead of a usage error (exit 2).", flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Where predictions.csv/.jsonl, rejects.jsonl, summary.json and overlays/ "
                       "go; a rerun replaces them.", flag_values=fv)
   flags.DEFINE_string("metadata_csv", None, "CSV id,male[,chronological_age_months]; wins over DICOM tags.",
@@ -70,19 +78,34 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("max_member_bytes", sources.DEFAULT_MAX_MEMBER_BYTES,
                        "Largest image file or archive member read; larger ones are rejected.", lower_bound=1,
                        flag_values=fv)
+  flags.DEFINE_integer("members_per_read", sources.DEFAULT_MEMBERS_PER_READ,
+                       "Archive members read together by one worker (one open of the archive per chunk).",
+                       lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("max_pixels", imaging.DEFAULT_MAX_PIXELS,
                        "Decompression-bomb guard: largest image (H*W) decoded.", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("overlay_max_px", overlays.DEFAULT_OVERLAY_MAX_PX, "Long side of the overlay PNGs.",
                        lower_bound=16, flag_values=fv)
-  for name in ("model_dir", "inputs", "output_dir"):
+  for name in ("model_dir", "output_dir"):
     flags.mark_flag_as_required(name, flag_values=fv)
+  flags.register_validator("inputs", lambda value: bool(value) or bool(fv["inputs_manifest"].value),
+                           "--inputs or --inputs_manifest is required", flag_values=fv)
+
+
+def _usage_error(message: str) -> None:
+  """One line on stderr and exit status 2, as absl does for bad flags."""
+  print(f"boneage-score: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
-  """Our flags -> ScoreConfig; everything else is returned for Beam.
+  """Our flags -> ScoreConfig; everything else is returned for Beam, its runner resolved.
 
   A private FlagValues keeps repeated calls (tests) and other absl programs
-  in the same process from clashing over global flag names.
+  in the same process from clashing over global flag names. Each --inputs
+  pattern is probed (one match): one that matches nothing is a usage error
+  (exit 2) unless --allow_empty_patterns; one whose probe raises is left to
+  the job, which records it as a listing_failed reject. A metadata CSV
+  without the id and male columns is a usage error too (ValueError).
   """
   fv = flags.FlagValues()
   _define_flags(fv)
@@ -93,20 +116,17 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
   config = ScoreConfig(
       model_dir=fv.model_dir, inputs=tuple(p.strip() for p in fv.inputs if p.strip()), output_dir=fv.output_dir,
       metadata_csv=fv.metadata_csv, gradcam=fv.gradcam, unknown_sex=fv.unknown_sex, batch_size=fv.batch_size,
-      max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px)
-  return config, _map_runner_names(leftover)
-
-
-def _map_runner_names(beam_args: list[str]) -> list[str]:
-  """'DaskRunner' -> our DaskRunner (Beam 2.77's drops outputs; see dask_runner.py)."""
-  mapped = []
-  for i, arg in enumerate(beam_args):
-    if arg == "--runner=DaskRunner":
-      arg = f"--runner={DASK_RUNNER}"
-    elif arg == "DaskRunner" and i > 0 and beam_args[i - 1] == "--runner":
-      arg = DASK_RUNNER
-    mapped.append(arg)
-  return mapped
+      max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px,
+      inputs_manifest=fv.inputs_manifest, allow_empty_patterns=fv.allow_empty_patterns,
+      members_per_read=fv.members_per_read)
+  if not config.allow_empty_patterns:
+    empty = sources.patterns_matching_nothing(config.inputs)
+    if empty:
+      _usage_error(f"--inputs pattern(s) {', '.join(repr(p) for p in empty)} match no file "
+                   "(--allow_empty_patterns records them as missing_file rejects instead)")
+  if config.metadata_csv:
+    patients.read_metadata_header(config.metadata_csv)
+  return config, runners.resolve_runner_args(leftover)
 
 
 def resolve_export(model_dir: str) -> tuple[str, dict]:
@@ -122,12 +142,11 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
   raise ValueError(f"--model_dir={model_dir}: no {export.EXPORT_METADATA_FILE} there or in its export/ folder")
 
 
-def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, metadata: dict,
-          run_dir: str) -> None:
+def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str) -> None:
   """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir."""
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
-  scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), metadata,
-                              group_names, run_dir)
+  scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), group_names,
+                              run_dir)
   writers.write_outputs(scored, run_dir, group_names, config.gradcam)
 
 
@@ -164,12 +183,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
   """
   config, beam_args = parse_args(list(sys.argv[1:] if argv is None else argv))
   export_dir, export_metadata = resolve_export(config.model_dir)
-  metadata = patients.load_metadata_csv(config.metadata_csv) if config.metadata_csv else {}
   run_ = runs.Run(config.output_dir)
   run_.start(list(config.inputs))
   try:
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline, config, export_dir, export_metadata, metadata, run_.path)
+    build(pipeline, config, export_dir, export_metadata, run_.path)
     result = pipeline.run()
     result.wait_until_finish()
     summary = {

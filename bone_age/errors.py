@@ -20,6 +20,8 @@ UNREADABLE_ARCHIVE = "unreadable_archive"
 MEMBER_TOO_LARGE = "member_too_large"
 NESTED_ARCHIVE = "nested_archive"
 UNSUPPORTED_FORMAT = "unsupported_format"
+LISTING_FAILED = "listing_failed"  # listing a pattern raised (permissions, network, credentials)
+EMPTY_ARCHIVE = "empty_archive"  # a zip or tar holding no file at all
 
 
 class InputError(ValueError):
