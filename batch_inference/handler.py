@@ -2,14 +2,26 @@
 
 Beam's TensorFlow handlers import tensorflow_hub and take one input tensor;
 this model takes two (image and sex), so a small handler loads the export
-(Keras safe mode) once per worker and runs fixed-size batches: the last,
-partial batch is padded so the compiled forward (or Grad-CAM) function is
-traced once, not once per batch size.
+(Keras safe mode) and runs fixed-size batches: the last, partial batch is
+padded so the compiled forward (or Grad-CAM) function is traced once, not
+once per batch size.
+
+On a GPU worker Dataflow starts one SDK process per vCPU; if each loaded the
+model, each would reserve the GPU's memory and fight over it. There the
+handler asks RunInference to share the model across processes
+(`apache_beam.utils.multi_process_shared`): the first SDK process of the
+worker loads one copy (`LoadedScorer`) and serves it; every process,
+that one included, sends its batches through a proxy. Forward passes and
+Grad-CAM both run inside the owning process, so Grad-CAM works the same
+shared or not. The owning process turns TensorFlow's GPU memory growth on
+before loading, so it takes the memory it needs, not the whole GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -53,6 +65,52 @@ def forward(model, images: np.ndarray, male: np.ndarray) -> tuple[np.ndarray, np
   return np.asarray(outputs[ba_model.AGE_OUTPUT]).reshape(-1), np.asarray(outputs[ba_model.GROUP_OUTPUT])
 
 
+def visible_gpu_count() -> int:
+  """GPUs this machine exposes, from the NVIDIA device files (touches no CUDA, loads no TensorFlow)."""
+  return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def enable_gpu_memory_growth() -> int:
+  """Turns on memory growth for every visible GPU; returns how many there are.
+
+  Must run before TensorFlow first uses a GPU in this process.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  gpus = tf.config.list_physical_devices("GPU")
+  for gpu in gpus:
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as e:  # the GPU was already initialised in this process
+      logging.warning("cannot turn on memory growth for %s: %s", gpu.name, e)
+  return len(gpus)
+
+
+class LoadedScorer:
+  """The loaded export and the one call RunInference makes on it.
+
+  Lives in the process that loaded the model: the SDK process itself, or,
+  with a shared model, the process that owns it, reached through a proxy
+  that forwards `score` calls (arguments and results are numpy arrays).
+  """
+
+  def __init__(self, model, gradcam: bool):
+    self._model = model
+    self._gradcam = bool(gradcam)
+
+  def score(self, images: np.ndarray, male: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Months (B,), group probabilities (B, G) and Grad-CAM heatmaps (B, S, S) or None."""
+    if self._gradcam:
+      from bone_age import gradcam  # pylint: disable=g-import-not-at-top
+      months, probs, heatmaps = gradcam.predict_with_gradcam(self._model, images, male, batch_size=len(images))
+      heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    else:
+      months, probs = forward(self._model, images, male)
+      heatmaps = None
+    return np.asarray(months, dtype=np.float32).reshape(-1), np.asarray(probs, dtype=np.float32), heatmaps
+
+
 class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
   """Loads `<export_dir>` (bone_age.export layout) and scores ScoreRequests.
 
@@ -61,36 +119,47 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     batch_size: Images per forward pass; BatchElements is pinned to it.
     gradcam: Also compute the regression head's Grad-CAM, with each image's
       own sex, in the same batched pass.
+    share_model: One model copy per GPU shared by all SDK processes of a
+      worker (True), one copy per process (False), or decided on the worker:
+      shared when it has a GPU (None).
   """
 
-  def __init__(self, export_dir: str, *, batch_size: int = 8, gradcam: bool = False):
+  def __init__(self, export_dir: str, *, batch_size: int = 8, gradcam: bool = False,
+               share_model: bool | None = None):
     super().__init__()
     self._export_dir = export_dir
     self._batch_size = int(batch_size)
     self._gradcam = bool(gradcam)
+    self._share_model = share_model
 
-  def load_model(self):
+  def share_model_across_processes(self) -> bool:
+    # Called on the worker when RunInference sets up, so the GPU check sees
+    # the worker's hardware, not the launching machine's.
+    if self._share_model is None:
+      return visible_gpu_count() > 0
+    return self._share_model
+
+  def model_copies(self) -> int:
+    # One copy per GPU would need each copy pinned to its own device; the
+    # Dataflow GPU recipe attaches one GPU per worker.
+    return 1
+
+  def load_model(self) -> LoadedScorer:
     from bone_age import export  # pylint: disable=g-import-not-at-top
 
+    if visible_gpu_count():
+      enable_gpu_memory_growth()
     model, _ = export.load_export(self._export_dir)
-    # RunInference's shared handle keeps this object alive for the worker's
-    # lifetime: the model is loaded once per worker process, not per bundle.
-    return model
+    # RunInference keeps this object alive for the worker's lifetime (per
+    # process, or in the owning process when shared): loaded once, not per bundle.
+    return LoadedScorer(model, self._gradcam)
 
-  def run_inference(self, batch: Sequence[ScoreRequest], model, inference_args=None) -> Iterable[base.PredictionResult]:
+  def run_inference(self, batch: Sequence[ScoreRequest], model: LoadedScorer,
+                    inference_args=None) -> Iterable[base.PredictionResult]:
     del inference_args
-    count = len(batch)
-    size = max(self._batch_size, count)
+    size = max(self._batch_size, len(batch))
     images, male = stack_requests(batch, size)
-    if self._gradcam:
-      from bone_age import gradcam  # pylint: disable=g-import-not-at-top
-      months, probs, heatmaps = gradcam.predict_with_gradcam(model, images, male, batch_size=size)
-      heatmaps = np.asarray(heatmaps, dtype=np.float32)
-    else:
-      months, probs = forward(model, images, male)
-      heatmaps = None
-    months = np.asarray(months, dtype=np.float32).reshape(-1)
-    probs = np.asarray(probs, dtype=np.float32)
+    months, probs, heatmaps = model.score(images, male)
     return [
         base.PredictionResult(
             request, Inference(float(months[i]), probs[i], None if heatmaps is None else heatmaps[i]))
