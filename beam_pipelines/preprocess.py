@@ -24,6 +24,8 @@ import sys
 
 from absl import flags
 
+from beam_pipelines import runners
+
 _FLAGS = flags.FlagValues()
 flags.DEFINE_string("manual_dir", None, "Folder holding the label table(s) and images (Kaggle, official RSNA or "
                     "generic layout).", flag_values=_FLAGS)
@@ -102,6 +104,8 @@ def run(argv: list[str]) -> BuildSummary:
   if _FLAGS.rejects:
     builder_kwargs["rejects_path"] = _FLAGS.rejects
   builder = tfds.builder(f"{_FLAGS.dataset}/{_FLAGS.config}", **builder_kwargs)
+  # No runner or DirectRunner: Beam's local runner without its Prism download.
+  beam_args = runners.resolve_runner_args(beam_args)
   logging.info("Beam options: %s", beam_args)
   download_config = tfds.download.DownloadConfig(
       manual_dir=_FLAGS.manual_dir,
