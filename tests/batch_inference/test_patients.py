@@ -2,37 +2,82 @@
 
 import datetime
 
+import apache_beam as beam
 import pytest
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
 
 from bone_age import errors
 from bone_age.imaging import PatientInfo
 from batch_inference import patients
+from batch_inference import sources
 
 DICOM_F = PatientInfo(sex="F", birth_date=datetime.date(2010, 1, 1), study_date=datetime.date(2020, 1, 1))
 DICOM_UNKNOWN = PatientInfo(sex=None, birth_date=None, study_date=None)
 
 
+def _table(text: str, source: str = "meta.csv") -> dict:
+  """id -> settled MetadataRow, parsed line by line as the workers do."""
+  lines = text.encode("utf-8").split(b"\n")
+  fields = [f.strip().lower() for f in lines[0].decode().split(",")]
+  rows = {}
+  for line in lines[1:]:
+    for example_id, row in patients.parse_metadata_line(line, fields, source):
+      rows.setdefault(example_id, []).append(row)
+  return {k: patients.settle_rows(k, v, source) for k, v in rows.items()}
+
+
 def test_csv_parsing_accepts_common_spellings_and_keeps_bad_rows_with_their_problem():
-  table = patients.parse_metadata_csv(
-      "id,male,chronological_age_months\n1,True,100\n2,f,\n3,M,abc\n4,,50\n5,maybe,1\n6,1,20\n6,0,20\n", "meta.csv")
+  table = _table("id,male,chronological_age_months\n1,True,100\n2,f,\n3,M,abc\n4,,50\n5,maybe,1\n6,1,20\n6,0,20\n"
+                 "7,M,3\n7,M,3\n")
   assert table["1"] == patients.MetadataRow(True, 100.0)
   assert table["2"] == patients.MetadataRow(False, None)
-  assert "line 4" in table["3"].problem
+  assert "'3'" in table["3"].problem and "abc" in table["3"].problem
   assert table["4"] == patients.MetadataRow(None, 50.0)
   assert "maybe" in table["5"].problem
   assert "twice" in table["6"].problem
+  assert table["7"] == patients.MetadataRow(True, 3.0)  # the same row twice is not a conflict
 
 
-def test_csv_without_required_columns_is_a_usage_error():
+def test_a_line_that_is_not_utf8_is_a_problem_row_not_a_crash():
+  [(example_id, row)] = patients.parse_metadata_line(b"9,M,\xff\xfe", ["id", "male", "chronological_age_months"], "m.csv")
+  assert example_id == "9" and "not UTF-8" in row.problem
+
+
+def test_csv_without_required_columns_is_a_usage_error(tmp_path):
+  (tmp_path / "m.csv").write_text("image,sex\n1,M\n")
   with pytest.raises(ValueError, match="id,male"):
-    patients.parse_metadata_csv("image,sex\n1,M\n", "m.csv")
+    patients.read_metadata_header(str(tmp_path / "m.csv"))
+  (tmp_path / "ok.csv").write_bytes("\ufeffID,Male,chronological_age_months\r\n1,M,3\r\n".encode("utf-8"))
+  assert patients.read_metadata_header(str(tmp_path / "ok.csv")) == ["id", "male", "chronological_age_months"]
 
 
 def test_archive_members_match_the_csv_by_file_stem():
-  table = patients.parse_metadata_csv("id,male\n1377,true\n", "m.csv")
-  assert patients.lookup(table, "batch.zip!images/1377.png").male is True
-  assert patients.lookup(table, "1377").male is True
-  assert patients.lookup(table, "other") is None
+  assert patients.member_stem("batch.zip!images/1377.png") == "1377"
+  assert patients.member_stem("1377") is None
+
+
+def _ref(example_id: str, source: str) -> sources.MemberRef:
+  return sources.MemberRef(source.split("!")[0], sources.KIND_FILE, example_id, source)
+
+
+def test_join_on_the_workers_full_id_wins_then_file_stem(tmp_path):
+  (tmp_path / "m.csv").write_text("id,male\n1377,true\nbatch.zip!hands/42.png,false\n42,true\n7,true\n7,false\n")
+  refs = [_ref("batch.zip!hands/1377.png", "/in/batch.zip!hands/1377.png"),
+          _ref("batch.zip!hands/42.png", "/in/batch.zip!hands/42.png"),
+          _ref("1377", "/in/1377.png"), _ref("7", "/in/7.png"), _ref("other", "/in/other.png")]
+  with test_pipeline.TestPipeline() as p:
+    matched, _ = (p | beam.Create(refs)
+                  | patients.JoinMetadata(str(tmp_path / "m.csv"), ["id", "male"]))
+    summary = matched | beam.Map(lambda ref_row: (ref_row[0].example_id, None if ref_row[1] is None else (
+        ref_row[1].male, bool(ref_row[1].problem))))
+    assert_that(summary, equal_to([
+        ("batch.zip!hands/1377.png", (True, False)),  # by stem
+        ("batch.zip!hands/42.png", (False, False)),  # the full id wins over the stem's row
+        ("1377", (True, False)),
+        ("7", (None, True)),  # listed twice with different values
+        ("other", None)]))
 
 
 def test_csv_wins_over_dicom_field_by_field():
@@ -65,4 +110,4 @@ def test_binary_metadata_file_is_a_usage_error(tmp_path):
   path = tmp_path / "meta.csv"
   path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
   with pytest.raises(ValueError, match="not UTF-8"):
-    patients.load_metadata_csv(str(path))
+    patients.read_metadata_header(str(path))
