@@ -118,6 +118,12 @@ def _as_list(part) -> list:
   return part if isinstance(part, list) else list(part)
 
 
+def _own_partitions(part, node_token: str) -> list:  # pylint: disable=unused-argument
+  """A Create's partitions under keys of its own: dask names a bag by its content, and two
+  Creates of the same values (Beam's `[None]` DoOnce in every write) would share keys."""
+  return _as_list(part)
+
+
 def _drain_sink(part) -> list:
   """Runs a sink's partition to the end; only its element count leaves the worker."""
   return [sum(1 for _ in part)]
@@ -371,6 +377,8 @@ class _Visitor(beam.pipeline.PipelineVisitor):
         bag = op.apply(inputs)
       else:
         bag = op.apply(inputs[0] if inputs else None)
+      if isinstance(op, te.Create):
+        bag = bag.map_partitions(_own_partitions, uuid.uuid4().hex)
     if bag is not None and self._num_readers(transform_node) > 1:
       # A generator can be read once: a partition that several tasks read is a list.
       bag = bag.map_partitions(_as_list)
