@@ -35,8 +35,12 @@ def _add_dataflow_flags(parser: argparse.ArgumentParser, *, default_machine_type
   group.add_argument("--region", help="Dataflow region, e.g. us-central1 (required)")
   group.add_argument("--temp_location", help="gs:// prefix for temporary files (required)")
   group.add_argument("--staging_location", help="gs:// prefix for staged packages (default gs://<temp bucket>/staging)")
-  group.add_argument("--setup_file", default="./setup.py", help="setup.py Dataflow installs on workers")
-  group.add_argument("--sdk_container_image", help="prebuilt worker image with this package (replaces --setup_file)")
+  group.add_argument("--sdk_container_image",
+                     help="worker image with this package (launch/Dockerfile); required unless --setup_file")
+  group.add_argument("--build_image", choices=dataflow.IMAGE_VARIANTS,
+                     help="first docker build and push --sdk_container_image from launch/Dockerfile (cpu or gpu)")
+  group.add_argument("--setup_file", help="setup.py Dataflow pip-installs on every worker at start-up instead of "
+                     "an image (slow; not with --no_use_public_ips)")
   group.add_argument("--machine_type", "--worker_machine_type", dest="machine_type", default=default_machine_type)
   group.add_argument("--num_workers", type=int)
   group.add_argument("--max_num_workers", type=int, default=10)
@@ -75,11 +79,22 @@ def _print_or_run(command: list[str], dry_run: bool) -> int:
   return _run(command)
 
 
+def _build_image_then(command: list[str], args: argparse.Namespace) -> int:
+  """Runs (or prints) the image build and push first when --build_image asks for it, then the job."""
+  commands = (dataflow.image_build_commands(args.sdk_container_image, args.build_image) if args.build_image
+              else []) + [command]
+  for step in commands:
+    code = _print_or_run(step, args.dry_run)
+    if code:
+      return code
+  return 0
+
+
 def _dataflow_preprocess(args: argparse.Namespace) -> int:
   command = dataflow.preprocess_command(
       manual_dir=args.manual_dir, data_dir=args.data_dir, config=args.config, rejects=args.rejects,
       dataset_module=args.dataset_module, options=_dataflow_options(args))
-  return _print_or_run(command, args.dry_run)
+  return _build_image_then(command, args)
 
 
 def _dataflow_score(args: argparse.Namespace) -> int:
@@ -87,8 +102,9 @@ def _dataflow_score(args: argparse.Namespace) -> int:
       model_dir=args.model_dir, inputs=args.inputs, output_dir=args.output_dir,
       metadata_csv=args.metadata_csv, gradcam=None if args.gradcam is None else args.gradcam == "true",
       unknown_sex=args.unknown_sex, worker_accelerator=args.worker_accelerator,
-      worker_accelerator_count=args.worker_accelerator_count, options=_dataflow_options(args))
-  return _print_or_run(command, args.dry_run)
+      worker_accelerator_count=args.worker_accelerator_count, batch_size=args.batch_size,
+      options=_dataflow_options(args))
+  return _build_image_then(command, args)
 
 
 def _write_spec(spec: dict, path: str) -> None:
@@ -209,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_argument("--gradcam", choices=("true", "false"), help="write Grad-CAM heatmaps")
   sub.add_argument("--unknown_sex", help="policy for unknown sex, passed to boneage-score")
   sub.add_argument("--worker_accelerator", help="Dataflow GPU type, e.g. nvidia-l4 (needs --sdk_container_image)")
-  sub.add_argument("--worker_accelerator_count", type=int, default=1)
+  sub.add_argument("--worker_accelerator_count", type=int, default=1, help="GPUs per worker; 1 (one shared model "
+                   "copy per worker)")
+  sub.add_argument("--batch_size", type=int, help=f"images per model call (default: "
+                   f"{dataflow.DEFAULT_GPU_BATCH_SIZE} with --worker_accelerator, else boneage-score's)")
   _add_dataflow_flags(sub, default_machine_type="n1-standard-4")
   sub.set_defaults(run=_dataflow_score, parser=sub)
 

@@ -2,10 +2,19 @@
 
 Both console scripts take ordinary Beam pipeline options after their own
 flags, so a Dataflow launch is the local command plus the options built here.
-Workers get this project's packages either from `--setup_file=./setup.py`
-(Dataflow pip-installs it on every worker at start-up) or from a prebuilt
-`--sdk_container_image` that already has them (faster start, required for GPU
-workers).
+Workers get this project's packages from a prebuilt `--sdk_container_image`
+(`launch/Dockerfile`, CPU or GPU variant; `image_build_commands` builds and
+pushes it): nothing is installed when a worker starts, and workers without
+public IPs work. `--setup_file=./setup.py` remains for a quick try: Dataflow
+then pip-installs TensorFlow and the rest on every worker at start-up, which
+takes minutes per worker and needs PyPI, so it is refused with
+`--no_use_public_ips`.
+
+GPU scoring attaches one GPU per worker and keeps Dataflow's one SDK process
+per vCPU: decoding, letterboxing and overlays are CPU work that uses every
+core, while the model handler shares one model copy per worker across those
+processes (RunInference model sharing), so only one process holds the GPU.
+The batch size defaults to `DEFAULT_GPU_BATCH_SIZE` there.
 """
 
 import dataclasses
@@ -13,6 +22,10 @@ import re
 
 from launch import common
 
+# Images per model call on a GPU worker unless --batch_size says otherwise (the
+# scorer's own default suits a CPU).
+DEFAULT_GPU_BATCH_SIZE = 32
+IMAGE_VARIANTS = ("cpu", "gpu")
 # Dataflow job names: lowercase letters, digits and dashes, starting with a letter.
 _JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -26,8 +39,9 @@ class DataflowOptions:
     region: Dataflow regional endpoint, e.g. us-central1 (keep buckets in the same region).
     temp_location: gs:// prefix for temporary files.
     staging_location: gs:// prefix for staged packages; defaults to gs://<temp bucket>/staging.
-    setup_file: Path to setup.py that Dataflow builds and installs on workers.
-    sdk_container_image: Prebuilt worker image with this package installed (replaces setup_file).
+    setup_file: Path to setup.py that Dataflow builds and pip-installs on every worker at start-up
+      (slow; needs public IPs). Ignored when sdk_container_image is given.
+    sdk_container_image: Prebuilt worker image with this package installed (launch/Dockerfile).
     machine_type: Worker machine type, e.g. n1-standard-4.
     num_workers: Initial worker count (None: let Dataflow choose).
     max_num_workers: Autoscaling ceiling; bounds the cost of a run.
@@ -43,7 +57,7 @@ class DataflowOptions:
   region: str | None = None
   temp_location: str | None = None
   staging_location: str | None = None
-  setup_file: str | None = "./setup.py"
+  setup_file: str | None = None
   sdk_container_image: str | None = None
   machine_type: str | None = "n1-standard-4"
   num_workers: int | None = None
@@ -71,8 +85,12 @@ def beam_options(options: DataflowOptions) -> list[str]:
   staging = (common.require_gcs(options.staging_location, "--staging_location", "packages are staged there")
              if options.staging_location else common.bucket_root(temp) + "/staging")
   if not options.setup_file and not options.sdk_container_image:
-    raise common.LaunchError("one of --setup_file or --sdk_container_image is required "
-                             "(workers need this project's packages)")
+    raise common.LaunchError("--sdk_container_image is required: workers need this project's packages (build the "
+                             "image with --build_image, see launch/README.md), or --setup_file=./setup.py to "
+                             "pip-install them on every worker at start-up")
+  if options.no_use_public_ips and not options.sdk_container_image:
+    raise common.LaunchError("--no_use_public_ips cannot be used with --setup_file: workers without public IPs "
+                             "cannot reach PyPI to install it; use --sdk_container_image")
   common.require_positive(options.num_workers, "--num_workers")
   common.require_positive(options.max_num_workers, "--max_num_workers")
   common.require_positive(options.disk_size_gb, "--disk_size_gb")
@@ -104,6 +122,20 @@ def beam_options(options: DataflowOptions) -> list[str]:
   if options.no_use_public_ips:
     args.append("--no_use_public_ips")
   return args
+
+
+def image_build_commands(image: str | None, variant: str) -> list[list[str]]:
+  """docker build and push of the worker image (run from the repository root).
+
+  Args:
+    image: Artifact Registry tag, e.g. REGION-docker.pkg.dev/PROJECT/boneage/worker:cpu.
+    variant: cpu or gpu (launch/requirements-<variant>.txt).
+  """
+  tag = common.require(image, "--sdk_container_image", "the image tag to build and push")
+  if variant not in IMAGE_VARIANTS:
+    raise common.LaunchError(f"image variant must be one of {IMAGE_VARIANTS}, got {variant!r}")
+  return [["docker", "build", "-f", "launch/Dockerfile", "--build-arg", f"VARIANT={variant}", "-t", tag, "."],
+          ["docker", "push", tag]]
 
 
 def preprocess_command(*, manual_dir: str | None, data_dir: str | None, options: DataflowOptions,
@@ -139,7 +171,7 @@ def worker_accelerator_option(accelerator: str, count: int = 1) -> str:
 def score_command(*, model_dir: str | None, inputs: str | None, output_dir: str | None,
                   options: DataflowOptions, metadata_csv: str | None = None, gradcam: bool | None = None,
                   unknown_sex: str | None = None, worker_accelerator: str | None = None,
-                  worker_accelerator_count: int = 1) -> list[str]:
+                  worker_accelerator_count: int = 1, batch_size: int | None = None) -> list[str]:
   """boneage-score on Dataflow: scores every radiograph matching `inputs`.
 
   Args:
@@ -153,6 +185,7 @@ def score_command(*, model_dir: str | None, inputs: str | None, output_dir: str 
     worker_accelerator: Dataflow GPU type (nvidia-l4, nvidia-tesla-t4, ...); needs
       sdk_container_image with TensorFlow's CUDA libraries.
     worker_accelerator_count: GPUs per worker.
+    batch_size: Images per model call (DEFAULT_GPU_BATCH_SIZE with a GPU, else the scorer's default).
   """
   model = common.require_gcs(model_dir, "--model_dir", "Dataflow workers load the exported model from there")
   patterns = common.require(inputs, "--inputs", "comma-separated gs:// patterns of radiographs to score")
@@ -164,7 +197,14 @@ def score_command(*, model_dir: str | None, inputs: str | None, output_dir: str 
     command += [f"--metadata_csv={common.require_gcs(metadata_csv, '--metadata_csv', 'workers read it')}"]
   command += common.flag("gradcam", gradcam)
   command += common.flag("unknown_sex", unknown_sex)
+  common.require_positive(batch_size, "--batch_size")
+  if batch_size is None and worker_accelerator:
+    batch_size = DEFAULT_GPU_BATCH_SIZE
+  command += common.flag("batch_size", batch_size)
   if worker_accelerator:
+    if worker_accelerator_count != 1:
+      raise common.LaunchError("--worker_accelerator_count must be 1: the scorer shares one model copy per worker "
+                               "across its processes; add workers (--max_num_workers) for more GPUs")
     if not options.sdk_container_image:
       raise common.LaunchError("--worker_accelerator needs --sdk_container_image: the default Dataflow "
                                "worker image has no CUDA libraries for TensorFlow")

@@ -6,7 +6,9 @@ import pytest
 
 from launch import cli
 
-PLACEMENT = ["--project=bone-proj", "--region=europe-west4", "--temp_location=gs://bone-bucket/tmp"]
+IMAGE = "europe-docker.pkg.dev/bone-proj/boneage/worker:cpu"
+PLACEMENT = ["--project=bone-proj", "--region=europe-west4", "--temp_location=gs://bone-bucket/tmp",
+             f"--sdk_container_image={IMAGE}"]
 
 
 def _dry_run(capsys, argv: list[str]) -> list[str]:
@@ -37,10 +39,10 @@ def test_preprocess_command_carries_dataflow_options(capsys):
   assert flags["--data_dir"] == ["gs://bone-bucket/tfds"]
   assert flags["--config"] == ["512px"]
   assert flags["--rejects"] == ["gs://bone-bucket/rejects.jsonl"]
-  assert flags["--setup_file"] == ["./setup.py"]
+  assert flags["--sdk_container_image"] == [IMAGE]
+  assert "--setup_file" not in flags, "CPU workers use the image too: nothing is pip-installed at start-up"
   assert flags["--staging_location"] == ["gs://bone-bucket/staging"]
   assert flags["--experiments"] == ["use_runner_v2", "no_use_multiple_sdk_containers"]
-  assert "--sdk_container_image" not in flags
 
 
 def test_beam_reads_the_printed_options(capsys):
@@ -55,7 +57,8 @@ def test_beam_reads_the_printed_options(capsys):
   assert cloud.temp_location == "gs://bone-bucket/tmp"
   assert cloud.staging_location == "gs://bone-bucket/staging"
   assert options.view_as(po.StandardOptions).runner == "DataflowRunner"
-  assert options.view_as(po.SetupOptions).setup_file == "./setup.py"
+  assert options.view_as(po.SetupOptions).setup_file is None
+  assert options.view_as(po.WorkerOptions).sdk_container_image == IMAGE
   workers = options.view_as(po.WorkerOptions)
   assert (workers.machine_type, workers.num_workers, workers.max_num_workers) == ("n1-highmem-4", 2, 16)
   assert workers.use_public_ips is False
@@ -66,7 +69,7 @@ def test_score_command_with_gpu_workers_uses_the_container_image(capsys):
   argv = _dry_run(capsys, ["dataflow-score", *PLACEMENT, "--model_dir=gs://bone-bucket/models/run1/export",
                            "--inputs=gs://bone-bucket/in/*.dcm,gs://bone-bucket/in/*.png",
                            "--output_dir=gs://bone-bucket/scores", "--gradcam=true", "--unknown_sex=reject",
-                           "--sdk_container_image=europe-docker.pkg.dev/bone-proj/boneage/worker:1",
+                           "--sdk_container_image=europe-docker.pkg.dev/bone-proj/boneage/worker:gpu",
                            "--worker_accelerator=nvidia-l4", "--machine_type=g2-standard-4",
                            "--max_num_workers=4"])
   assert argv[0] == "boneage-score"
@@ -75,16 +78,50 @@ def test_score_command_with_gpu_workers_uses_the_container_image(capsys):
   assert flags["--inputs"] == ["gs://bone-bucket/in/*.dcm,gs://bone-bucket/in/*.png"]
   assert flags["--gradcam"] == ["true"]
   assert flags["--unknown_sex"] == ["reject"]
-  assert flags["--sdk_container_image"] == ["europe-docker.pkg.dev/bone-proj/boneage/worker:1"]
+  assert flags["--sdk_container_image"] == ["europe-docker.pkg.dev/bone-proj/boneage/worker:gpu"], "the last one wins"
   assert "--setup_file" not in flags, "a prebuilt image already holds the package"
   assert flags["--dataflow_service_options"] == ["worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+  assert flags["--batch_size"] == ["32"], "GPU default"
+  explicit = _flags(_dry_run(capsys, ["dataflow-score", *PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png",
+                                      "--output_dir=gs://b/o", "--worker_accelerator=nvidia-tesla-t4",
+                                      "--batch_size=64"]))
+  assert explicit["--batch_size"] == ["64"]
 
 
-def test_score_command_on_cpu_workers_ships_setup_py(capsys):
+def test_score_command_on_cpu_workers_keeps_the_scorers_batch_size(capsys):
   flags = _flags(_dry_run(capsys, ["dataflow-score", *PLACEMENT, "--model_dir=gs://b/m",
                                    "--inputs=gs://b/in/*.png", "--output_dir=gs://b/out"]))
-  assert flags["--setup_file"] == ["./setup.py"]
-  assert "--gradcam" not in flags and "--dataflow_service_options" not in flags
+  assert flags["--sdk_container_image"] == [IMAGE] and "--setup_file" not in flags
+  assert "--gradcam" not in flags and "--dataflow_service_options" not in flags and "--batch_size" not in flags
+
+
+def test_score_command_parses_with_boneage_score_flags(capsys):
+  """boneage-score's own parser reads the GPU batch size the launcher adds."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from batch_inference import score  # pylint: disable=g-import-not-at-top
+  argv = _dry_run(capsys, ["dataflow-score", *PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png",
+                           "--output_dir=gs://b/o", "--worker_accelerator=nvidia-tesla-t4"])
+  # Its flag definitions only: parse_args would also probe the gs:// patterns.
+  flag_values = flags.FlagValues()
+  score._define_flags(flag_values)  # pylint: disable=protected-access
+  leftover = flag_values(argv, known_only=True)
+  assert flag_values.batch_size == 32 and flag_values.output_dir == "gs://b/o"
+  assert "--runner=DataflowRunner" in leftover
+
+
+def test_setup_file_is_still_possible_on_public_workers(capsys):
+  flags = _flags(_dry_run(capsys, ["dataflow-preprocess", *PLACEMENT[:3], "--setup_file=./setup.py",
+                                   "--manual_dir=gs://b/m", "--data_dir=gs://b/d"]))
+  assert flags["--setup_file"] == ["./setup.py"] and "--sdk_container_image" not in flags
+
+
+def test_build_image_prints_docker_build_and_push_before_the_job(capsys):
+  assert cli.main(["dataflow-score", *PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png",
+                   "--output_dir=gs://b/o", "--build_image=cpu", "--dry_run"]) == 0
+  build, push, job = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
+  assert build == ["docker", "build", "-f", "launch/Dockerfile", "--build-arg", "VARIANT=cpu", "-t", IMAGE, "."]
+  assert push == ["docker", "push", IMAGE]
+  assert job[0] == "boneage-score" and f"--sdk_container_image={IMAGE}" in job
 
 
 @pytest.mark.parametrize("target, argv, message", [
@@ -105,8 +142,22 @@ def test_score_command_on_cpu_workers_ships_setup_py(capsys):
     ("dataflow-score", [*PLACEMENT, "--inputs=gs://b/*.png", "--output_dir=gs://b/o"], "--model_dir is required"),
     ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png,./local/*.png",
                         "--output_dir=gs://b/o"], "--inputs must be a gs:// URI"),
+    ("dataflow-score", [*PLACEMENT[:3], "--setup_file=./setup.py", "--model_dir=gs://b/m", "--inputs=gs://b/*.png",
+                        "--output_dir=gs://b/o", "--worker_accelerator=nvidia-l4"],
+     "--worker_accelerator needs --sdk_container_image"),
     ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
-                        "--worker_accelerator=nvidia-l4"], "--worker_accelerator needs --sdk_container_image"),
+                        "--machine_type=g2-standard-8", "--worker_accelerator=nvidia-l4",
+                        "--worker_accelerator_count=2"], "--worker_accelerator_count must be 1"),
+    ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
+                        "--batch_size=0"], "--batch_size must be at least 1"),
+    ("dataflow-preprocess", [*PLACEMENT[:3], "--manual_dir=gs://b/m", "--data_dir=gs://b/d"],
+     "--sdk_container_image is required"),
+    ("dataflow-preprocess", [*PLACEMENT[:3], "--setup_file=./setup.py", "--no_use_public_ips", "--manual_dir=gs://b/m",
+                             "--data_dir=gs://b/d"], "workers without public IPs cannot reach PyPI"),
+    ("dataflow-score", [*PLACEMENT[:3], "--setup_file=./setup.py", "--no_use_public_ips", "--model_dir=gs://b/m",
+                        "--inputs=gs://b/*.png", "--output_dir=gs://b/o"], "--no_use_public_ips cannot be used with"),
+    ("dataflow-score", [*PLACEMENT[:3], "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
+                        "--build_image=gpu"], "--sdk_container_image is required"),
     ("dataflow-score", [*PLACEMENT, "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o",
                         "--sdk_container_image=img", "--worker_accelerator=nvidia-l4"], "needs a G2 --machine_type"),
 ])
@@ -116,6 +167,7 @@ def test_missing_or_unusable_parameters_fail_with_the_flag_named(capsys, target,
   assert exit_info.value.code == 2
   captured = capsys.readouterr()
   assert message in captured.err
+  assert len(captured.err.strip().splitlines()) <= 2, "usage line and one error line"
   assert captured.out == "", "nothing is printed as a command when the parameters are wrong"
 
 
