@@ -11,6 +11,9 @@ exercised on one machine:
 Worker i's output goes to <log_dir>/worker_<i>.log. If any worker fails the
 others are stopped (they would otherwise wait forever in a collective), and
 the exit status is the first non-zero one.
+
+`--entry` picks what each worker runs: a module (default trainer.train_main,
+run with `python -m`) or a .py file (tests pass their hook script).
 """
 
 import argparse
@@ -45,8 +48,14 @@ def tf_configs(num_workers: int, ports: list[int] | None = None) -> list[dict]:
   return [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(num_workers)]
 
 
+def entry_argv(entry: str = TRAINER_MODULE) -> list[str]:
+  """The interpreter command for a module name or a .py file."""
+  return [sys.executable, entry] if entry.endswith(".py") else [sys.executable, "-m", entry]
+
+
 def run_local_cluster(num_workers: int, trainer_args: list[str], *, log_dir: str | None = None,
-                      timeout_s: float | None = None, env: dict | None = None) -> list[int]:
+                      timeout_s: float | None = None, env: dict | None = None,
+                      entry: str = TRAINER_MODULE) -> list[int]:
   """Starts the workers, waits for all of them, returns their exit codes (worker order).
 
   Raises:
@@ -62,7 +71,7 @@ def run_local_cluster(num_workers: int, trainer_args: list[str], *, log_dir: str
     worker_env["TF_CONFIG"] = json.dumps(tf_config)
     log = open(os.path.join(log_dir, f"worker_{index}.log"), "wb") if log_dir else None
     logs.append(log)
-    processes.append(subprocess.Popen([sys.executable, "-m", TRAINER_MODULE, *trainer_args], env=worker_env,
+    processes.append(subprocess.Popen([*entry_argv(entry), *trainer_args], env=worker_env,
                                       stdout=log or None, stderr=subprocess.STDOUT if log else None))
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
   try:
@@ -99,10 +108,12 @@ def main(argv=None) -> int:
   parser.add_argument("--num_workers", type=int, default=2)
   parser.add_argument("--log_dir", default=None, help="worker_<i>.log per worker (default: inherit the terminal)")
   parser.add_argument("--timeout_s", type=float, default=None)
+  parser.add_argument("--entry", default=TRAINER_MODULE, help="module (python -m) or .py file each worker runs")
   parser.add_argument("trainer_args", nargs=argparse.REMAINDER, help="-- then boneage-train flags")
   args = parser.parse_args(argv)
   trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
-  codes = run_local_cluster(args.num_workers, trainer_args, log_dir=args.log_dir, timeout_s=args.timeout_s)
+  codes = run_local_cluster(args.num_workers, trainer_args, log_dir=args.log_dir, timeout_s=args.timeout_s,
+                             entry=args.entry)
   print(f"worker exit codes: {codes}")
   return next((c for c in codes if c), 0)
 

@@ -1,4 +1,4 @@
-"""Exact-resume checkpoints, chief-only writes, and preemption (SIGTERM).
+"""Exact-resume checkpoints, damaged-checkpoint fallback, chief-only writes, and preemption (SIGTERM).
 
 A checkpoint holds everything the next step depends on: model weights,
 optimizer slots and iteration count, the global step, the dropout RNG
@@ -8,6 +8,12 @@ tf.data iterator: the training stream is a pure function of the seed, so
 every worker rebuilds its own shard of it at the restored step
 (input_pipeline). Restoring and continuing consumes exactly the batches an
 uninterrupted run would have consumed.
+
+Damaged checkpoints: restore tries the newest checkpoint first and, if its
+files cannot be read (truncated data or index file, missing shard), logs a
+warning naming the file and falls back to the next older one. If checkpoints
+exist but none is readable it raises CheckpointError: a run never silently
+restarts from scratch over a directory that holds training state.
 
 Chief-only writes, the standard MultiWorkerMirrored pattern: every worker
 calls `save` (saving may need every worker), but only the chief writes to
@@ -24,6 +30,16 @@ from absl import logging
 import tensorflow as tf
 
 CHECKPOINT_SUBDIR = "checkpoints"
+# Exit status after a preemption checkpoint: "restart me with the same command".
+# 143 (128 + SIGTERM) is also what TensorFlow's own preemption handling exits with
+# on GCE (failure_handling_util.gce_exit_fn), so schedulers treat it alike.
+PREEMPTED_EXIT_CODE = 143
+# Exit status when checkpoints exist but none can be read (do not retry blindly).
+UNREADABLE_CHECKPOINT_EXIT_CODE = 3
+
+
+class CheckpointError(RuntimeError):
+  """Checkpoints exist but none of them can be restored."""
 
 
 class ChiefOnlyManager:
@@ -40,12 +56,30 @@ class ChiefOnlyManager:
     return self._manager.latest_checkpoint
 
   def restore_latest(self) -> str | None:
-    """Restores the newest checkpoint (every worker reads the chief's); returns its path or None."""
-    path = self._manager.latest_checkpoint
-    if path:
-      self._checkpoint.restore(path).assert_existing_objects_matched()
+    """Restores the newest READABLE checkpoint (every worker reads the chief's); returns its path or None.
+
+    Raises:
+      CheckpointError: naming every file tried, if checkpoints exist and none restores.
+    """
+    candidates = list(reversed(self._manager.checkpoints))
+    failures = []
+    for path in candidates:
+      try:
+        self._checkpoint.restore(path).assert_existing_objects_matched()
+      except (tf.errors.OpError, ValueError, AssertionError) as e:
+        damaged = _damaged_file(path)
+        logging.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", damaged,
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        failures.append(damaged)
+        continue
       logging.info("restored %s", path)
-    return path
+      if failures:
+        logging.warning("resumed from %s, the newest readable checkpoint (skipped: %s)", path, ", ".join(failures))
+      return path
+    if failures:
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: tried {', '.join(failures)}; move the "
+                            "damaged files away to start over, or restore them from a backup")
+    return None
 
   def save(self, step: int) -> str:
     if self._chief:
@@ -57,6 +91,22 @@ class ChiefOnlyManager:
       shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _damaged_file(prefix: str) -> str:
+  """The first file of a checkpoint that fails a read-through (else the checkpoint prefix)."""
+  index = prefix + ".index"
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+  except (tf.errors.OpError, ValueError):
+    return index
+  for name in reader.get_variable_to_shape_map():
+    try:
+      reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError):
+      data = tf.io.gfile.glob(prefix + ".data-*")
+      return ", ".join(data) or prefix
+  return prefix
+
+
 class PreemptionWatcher:
   """Turns SIGTERM into a flag the training loop checks at each step boundary.
 
@@ -66,7 +116,7 @@ class PreemptionWatcher:
   if only one was signalled.
   """
 
-  PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a TERM-killed job.
+  PREEMPTED_EXIT_CODE = PREEMPTED_EXIT_CODE
 
   def __init__(self):
     self.requested = False

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("plateau", "cosine", "constant")
+LR_SCALINGS = ("sqrt", "linear", "none")
+SYNC_BATCHNORM = ("auto", "true", "false")
 
 
 @dataclasses.dataclass
@@ -29,7 +31,11 @@ class DataConfig:
   version: str = ""  # "" = newest version found under the data dir.
   train_split: str = "train"
   validation_split: str = "validation"
-  global_batch_size: int = 16  # summed over all replicas of all workers.
+  # The batch is stated per replica (global = per replica x replicas, see
+  # trainer.scaling) unless global_batch_size is set, which then wins and must
+  # divide by the replica count.
+  per_replica_batch_size: int = 16
+  global_batch_size: int = 0  # summed over all replicas of all workers; 0 = per replica x replicas.
   eval_batch_size: int = 32
   shuffle_buffer: int = 2048  # examples; encoded PNGs, so cheap to hold.
   num_parallel_reads: int = 4  # TFRecord files read concurrently.
@@ -58,11 +64,22 @@ class ModelConfig:
   # 0.99 averages over ~700 steps: longer than a short CPU run, whose inference
   # statistics would then lag far behind the weights.
   batchnorm_momentum: float = 0.0
+  # Synchronised BatchNorm across replicas: "auto" = on when more than one
+  # replica trains on fewer than trainer.scaling.SYNC_BATCHNORM_BELOW rows
+  # each (see trainer.scaling.use_sync_batchnorm), "true", or "false".
+  sync_batchnorm: str = "auto"
 
 
 @dataclasses.dataclass
 class OptimizerConfig:
   """Adam with a learning-rate schedule.
+
+  `learning_rate` and `min_learning_rate` are the rates at a global batch of
+  `reference_batch_size` (0 = the run's own global batch, i.e. no scaling).
+  At another global batch B they are multiplied by sqrt(B / reference)
+  (`lr_scaling=sqrt`, the default for Adam), B / reference (`linear`) or 1
+  (`none`); trainer.scaling says why. `warmup_steps` ramps the rate up
+  linearly from 0 for every schedule.
 
   `plateau` is Keras' ReduceLROnPlateau done by hand on the validation loss
   (multiply by `plateau_factor` after `plateau_patience` evaluations without
@@ -71,6 +88,8 @@ class OptimizerConfig:
   `min_learning_rate` over the run after `warmup_steps` of linear warm-up.
   """
   learning_rate: float = 1e-4
+  reference_batch_size: int = 0
+  lr_scaling: str = "sqrt"
   schedule: str = "plateau"
   plateau_factor: float = 0.5
   plateau_patience: int = 3
@@ -97,6 +116,10 @@ class TrainConfig:
   log_every_steps: int = 50
   seed: int = 42
   num_gradcam_images: int = 4  # validation images with Grad-CAM per evaluation.
+  # Training steps per tf.function call: the host reads metrics, checks for
+  # preemption and decides on evaluation/checkpoints only between loops. A loop
+  # also ends at every log, evaluation and checkpoint step, so those stay exact.
+  steps_per_loop: int = 1
 
 
 @dataclasses.dataclass
@@ -106,6 +129,10 @@ class RuntimeConfig:
   precision: str = "float32"
   tpu: str = ""  # TPU name or address for strategy=tpu; "" = the local TPU VM.
   deterministic: bool = False  # op determinism: identical weights on rerun/resume.
+  jit_compile: bool = False  # compile the per-replica train step with XLA (what a TPU runs).
+  # Replicas the batch and learning rate were resolved for (trainer.scaling);
+  # 0 = not resolved yet. The trainer fills it from the strategy.
+  num_replicas: int = 0
 
 
 @dataclasses.dataclass
@@ -238,7 +265,9 @@ def validate(config: ExperimentConfig) -> None:
     if not condition:
       problems.append(message)
 
-  need(d.global_batch_size >= 1, "data.global_batch_size must be >= 1")
+  need(d.global_batch_size >= 0, "data.global_batch_size must be >= 0 (0 = per replica x replicas)")
+  need(d.per_replica_batch_size >= 1 or d.global_batch_size >= 1,
+       "data.per_replica_batch_size must be >= 1 (or set data.global_batch_size)")
   need(d.eval_batch_size >= 1, "data.eval_batch_size must be >= 1")
   need(d.shuffle_buffer >= 1, "data.shuffle_buffer must be >= 1")
   need(d.num_parallel_reads >= 1, "data.num_parallel_reads must be >= 1")
@@ -254,6 +283,10 @@ def validate(config: ExperimentConfig) -> None:
   need(0 <= config.model.batchnorm_momentum < 1, "model.batchnorm_momentum must be in [0, 1)")
   need(0 <= config.model.dropout_image < 1 and 0 <= config.model.dropout_fusion < 1, "model dropouts must be in [0, 1)")
   need(o.learning_rate > 0, "optimizer.learning_rate must be > 0")
+  need(o.reference_batch_size >= 0, "optimizer.reference_batch_size must be >= 0")
+  need(o.lr_scaling in LR_SCALINGS, f"optimizer.lr_scaling must be one of {LR_SCALINGS}, got {o.lr_scaling!r}")
+  need(config.model.sync_batchnorm in SYNC_BATCHNORM,
+       f"model.sync_batchnorm must be one of {SYNC_BATCHNORM}, got {config.model.sync_batchnorm!r}")
   need(o.schedule in LR_SCHEDULES, f"optimizer.schedule must be one of {LR_SCHEDULES}, got {o.schedule!r}")
   need(0 < o.plateau_factor < 1, "optimizer.plateau_factor must be in (0, 1)")
   need(o.plateau_patience >= 1, "optimizer.plateau_patience must be >= 1")
@@ -266,6 +299,8 @@ def validate(config: ExperimentConfig) -> None:
        "train step counts must be >= 0")
   need(t.max_checkpoints_to_keep >= 1, "train.max_checkpoints_to_keep must be >= 1")
   need(t.log_every_steps >= 1, "train.log_every_steps must be >= 1")
+  need(t.steps_per_loop >= 1, "train.steps_per_loop must be >= 1")
+  need(r.num_replicas >= 0, "runtime.num_replicas must be >= 0")
   need(t.num_gradcam_images >= 0, "train.num_gradcam_images must be >= 0")
   need(r.strategy in STRATEGIES, f"runtime.strategy must be one of {STRATEGIES}, got {r.strategy!r}")
   need(r.precision in PRECISIONS, f"runtime.precision must be one of {PRECISIONS}, got {r.precision!r}")

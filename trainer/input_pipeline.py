@@ -48,6 +48,10 @@ from trainer import configs
 
 # Element keys of a training/validation batch.
 IMAGE, MALE, BONEAGE, GROUP, ID, INDEX = "image", "male", "boneage_months", "age_group", "id", "index"
+# Evaluation rows carry a weight: 1 for an example, 0 for padding that fills the last batches.
+WEIGHT = "weight"
+# What training and evaluation need on the device (no strings: ids stay on the host).
+_TRAIN_KEYS = (IMAGE, MALE, BONEAGE, GROUP)
 # Epochs of the training stream (Dataset.range needs an end; no run gets near it).
 _MAX_EPOCHS = 1 << 40
 
@@ -165,18 +169,34 @@ def decode_image(png_bytes: tf.Tensor, image_size_px: int) -> tf.Tensor:
   return tf.ensure_shape(image, (image_size_px, image_size_px, 1))
 
 
+def _pipelines(input_context: tf.distribute.InputContext | None) -> tuple[int, int, int]:
+  """(number of input pipelines, this pipeline's id, replicas in sync) of a context; (1, 0, 1) for None."""
+  if input_context is None:
+    return 1, 0, 1
+  return input_context.num_input_pipelines, input_context.input_pipeline_id, input_context.num_replicas_in_sync
+
+
 def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int, *, start_step: int = 0,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                  input_context: tf.distribute.InputContext | None = None, batch_rows: int | None = None,
+                  keep_keys: bool = True) -> tf.data.Dataset:
   """Infinite stream of this worker's share of every global training batch.
 
   Args:
     builder: the TFDS builder (load_builder).
-    config: the experiment; data.global_batch_size is the batch summed over workers.
+    config: the experiment; data.global_batch_size is the batch summed over
+      workers (0 = per_replica_batch_size x the context's replicas).
     image_size_px: the dataset's image size.
     start_step: global batches already consumed (the restored step): the
       stream starts at element start_step * global_batch_size.
     input_context: which worker this is (input_pipeline_id of
       num_input_pipelines); None = the only one.
+    batch_rows: rows per yielded batch; default this worker's whole share.
+      The trainer passes the per-replica batch, and the distributed dataset
+      hands consecutive batches to the worker's local replicas in order, so
+      replica k of worker w trains on the same rows either way.
+    keep_keys: include id and index (host-side bookkeeping: batch logs,
+      tests); the trainer leaves them out unless a callback asks, so only
+      numeric tensors travel to the devices.
 
   Returns:
     Batches of global_batch_size / num_input_pipelines rows: image (b, S, S, 1)
@@ -187,9 +207,8 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
   """
   data = config.data
   seed = config.train.seed
-  num_workers = input_context.num_input_pipelines if input_context else 1
-  worker = input_context.input_pipeline_id if input_context else 0
-  global_batch = data.global_batch_size
+  num_workers, worker, num_replicas = _pipelines(input_context)
+  global_batch = data.global_batch_size or data.per_replica_batch_size * num_replicas
   if global_batch % num_workers:
     raise ValueError(f"data.global_batch_size={global_batch} is not divisible by {num_workers} workers")
   worker_batch = global_batch // num_workers
@@ -221,23 +240,71 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
     return dict(example, **{IMAGE: image, INDEX: index})
 
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(worker_batch, drop_remainder=True)
+  if not keep_keys:
+    ds = ds.map(lambda example: {k: example[k] for k in _TRAIN_KEYS})
+  ds = ds.batch(batch_rows or worker_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_deterministic_options())
 
 
-def eval_dataset(builder, config: configs.ExperimentConfig, image_size_px: int, split: str | None = None) -> tf.data.Dataset:
-  """One pass over the validation split (in file order, no augmentation), batched."""
+def eval_steps(num_examples: int, data_config: configs.DataConfig, num_replicas: int) -> int:
+  """Evaluation steps over a split: ceil(examples / (eval_batch_size per replica x replicas))."""
+  return max(1, -(-num_examples // (data_config.eval_batch_size * num_replicas)))
+
+
+def eval_dataset(builder, config: configs.ExperimentConfig, image_size_px: int, split: str | None = None, *,
+                 input_context: tf.distribute.InputContext | None = None, batch_rows: int | None = None,
+                 keep_keys: bool = True) -> tf.data.Dataset:
+  """This worker's share of one pass over the validation split, padded to whole batches.
+
+  `data.eval_batch_size` is per replica. The split (in file order, no
+  augmentation) is cut into global evaluation batches of eval_batch_size x
+  replicas rows, like the training stream; the last ones are filled with
+  padding rows of weight 0 so every replica of every worker runs the same
+  number of full batches (eval_steps) and collectives never wait on a
+  replica that ran out. Worker w keeps only its rows of each global batch,
+  and only those are decoded.
+
+  Args:
+    builder: the TFDS builder (load_builder).
+    config: the experiment.
+    image_size_px: the dataset's image size.
+    split: default data.validation_split; never "test".
+    input_context: which worker this is; None = the only one, with one replica.
+    batch_rows: rows per yielded batch; default this worker's whole share of
+      a global evaluation batch (the trainer passes eval_batch_size).
+    keep_keys: include id (host-side only; the trainer leaves it out).
+
+  Returns:
+    Batches like train_dataset's plus weight (b,) float32 and id (padding: "").
+
+  Raises:
+    ValueError: for the test split.
+  """
   data = config.data
   split = split or data.validation_split
   if split == "test":
     raise ValueError("the trainer never reads the test split (use boneage-evaluate)")
-  ds = _read(builder, split, data)
+  num_workers, worker, num_replicas = _pipelines(input_context)
+  worker_rows = data.eval_batch_size * (num_replicas // num_workers)
+  global_rows = worker_rows * num_workers
+  num_examples = int(builder.info.splits[split].num_examples)
   if data.max_validation_examples:
-    ds = ds.take(data.max_validation_examples)
-  ds = ds.map(lambda e: dict(e, **{IMAGE: decode_image(e[IMAGE], image_size_px)}),
+    num_examples = min(num_examples, data.max_validation_examples)
+  num_padding = eval_steps(num_examples, data, num_replicas) * global_rows - num_examples
+
+  ds = _read(builder, split, data).take(num_examples)
+  ds = ds.map(lambda e: dict(e, **{WEIGHT: tf.constant(1.0)}))
+  padding = {IMAGE: tf.io.encode_png(tf.zeros((image_size_px, image_size_px, 1), tf.uint8)),
+             MALE: tf.constant(0.0), BONEAGE: tf.constant(0.0), GROUP: tf.constant(0), ID: tf.constant(""),
+             WEIGHT: tf.constant(0.0)}
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  ds = ds.enumerate().filter(lambda index, _: (index % global_rows) // worker_rows == worker)
+  ds = ds.map(lambda _, e: dict(e, **{IMAGE: decode_image(e[IMAGE], image_size_px)}),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(data.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+  if not keep_keys:
+    ds = ds.map(lambda e: {k: e[k] for k in (*_TRAIN_KEYS, WEIGHT)})
+  ds = ds.batch(batch_rows or worker_rows, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_deterministic_options())
 
 

@@ -42,10 +42,13 @@ def phantom_data_dir(tmp_path_factory) -> pathlib.Path:
   return data_dir
 
 
-def trainer_command(data_dir, model_dir, *extra: str, overrides=()) -> list[str]:
-  """`python -m trainer.train_main` with the shrunk demo config."""
-  args = [sys.executable, "-m", "trainer.train_main", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-          "--experiment=demo_cpu"]
+HOOKS_SCRIPT = HERE / "trainer_hooks.py"
+
+
+def trainer_command(data_dir, model_dir, *extra: str, overrides=(), hooks=False) -> list[str]:
+  """`python -m trainer.train_main` with the shrunk demo config (hooks: the test entry with its extra flags)."""
+  entry = [str(HOOKS_SCRIPT)] if hooks else ["-m", "trainer.train_main"]
+  args = [sys.executable, *entry, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--experiment=demo_cpu"]
   args += [f"--config_override={o}" for o in (*SMALL_OVERRIDES, *overrides)]
   return args + list(extra)
 

@@ -18,7 +18,8 @@ def test_named_experiments_resolve_to_their_recipes():
   assert {"seed_512", "xception_384", "demo_cpu"} <= set(experiments.names())
   seed = experiments.get("seed_512")
   assert (seed.data.config_name, seed.model.backbone, seed.model.weights) == ("512px", "xception", "imagenet")
-  assert (seed.data.global_batch_size, seed.train.epochs, seed.optimizer.learning_rate) == (16, 15, 1e-4)
+  assert (seed.data.per_replica_batch_size, seed.train.epochs, seed.optimizer.learning_rate) == (16, 15, 1e-4)
+  assert seed.optimizer.reference_batch_size == 16 and seed.data.global_batch_size == 0  # scales with replicas
   assert (seed.optimizer.schedule, seed.optimizer.plateau_factor, seed.optimizer.plateau_patience) == ("plateau", 0.5, 3)
   assert seed.augment.flip_left_right and seed.augment.rotation_max_deg == 0  # what the notebook really ran
   readme = experiments.get("xception_384")
@@ -52,7 +53,10 @@ def test_overrides_are_typed_and_do_not_mutate_the_registry():
     ("runtime.strategy=horovod", "runtime.strategy must be one of"),
     ("runtime.precision=float16", "runtime.precision must be one of"),
     ("optimizer.schedule=step", "optimizer.schedule must be one of"),
-    ("data.global_batch_size=0", "global_batch_size must be >= 1"),
+    ("data.global_batch_size=-1", "global_batch_size must be >= 0"),
+    ("optimizer.lr_scaling=cubic", "optimizer.lr_scaling must be one of"),
+    ("model.sync_batchnorm=sometimes", "model.sync_batchnorm must be one of"),
+    ("train.steps_per_loop=0", "train.steps_per_loop must be >= 1"),
     ("augment.zoom_max_fraction=1.5", "zoom_max_fraction"),
     ("data.config_name=big", "must look like '384px'"),
 ])
@@ -94,3 +98,41 @@ def test_command_line_flags_become_the_runtime_config():
 def test_command_line_rejects_a_bad_override_before_loading_anything():
   result = run_cli("--config_override=train.train_steps=ten")
   assert result.returncode != 0 and "train.train_steps: expected int" in result.stderr
+
+
+@pytest.mark.parametrize("replicas, per_replica, global_batch, learning_rate, sync_batchnorm", [
+    (1, 16, 16, 1e-4, "false"),
+    (8, 16, 128, 1e-4 * 8 ** 0.5, "false"),  # sqrt rule; 16 rows per replica: per-replica statistics
+    (32, 16, 512, 1e-4 * 32 ** 0.5, "false"),
+])
+def test_print_config_shows_per_replica_batch_and_scaled_learning_rate(replicas, per_replica, global_batch,
+                                                                       learning_rate, sync_batchnorm):
+  result = run_cli("--experiment=seed_512", "--print_config", f"--num_replicas_for_print={replicas}")
+  assert result.returncode == 0, result.stderr
+  config = configs.from_dict(json.loads(result.stdout))
+  assert config.runtime.num_replicas == replicas
+  assert (config.data.per_replica_batch_size, config.data.global_batch_size) == (per_replica, global_batch)
+  assert config.optimizer.learning_rate == pytest.approx(learning_rate, rel=1e-12)
+  assert config.optimizer.min_learning_rate == pytest.approx(1e-6 * (global_batch / 16) ** 0.5, rel=1e-12)
+  assert config.optimizer.reference_batch_size == global_batch  # resolving again changes nothing
+  assert config.model.sync_batchnorm == sync_batchnorm
+
+
+def test_scaling_rules_and_sync_batchnorm_default():
+  from trainer import scaling  # pylint: disable=g-import-not-at-top
+  demo = experiments.resolve("demo_cpu", ["data.per_replica_batch_size=4", "optimizer.lr_scaling=linear"])
+  scaled = scaling.resolve(demo, 8)
+  assert scaled.data.global_batch_size == 32 and scaled.optimizer.learning_rate == pytest.approx(2e-3 * 32 / 32)
+  assert scaled.model.sync_batchnorm == "true"  # 4 rows per replica: too few for per-replica statistics
+  assert scaling.resolve(scaled, 8) == scaled  # idempotent
+  assert scaling.resolve(demo, 1).model.sync_batchnorm == "false"  # one replica: nothing to synchronise
+  fixed = experiments.resolve("demo_cpu", ["data.global_batch_size=64", "optimizer.lr_scaling=none"])
+  assert scaling.resolve(fixed, 4).data.per_replica_batch_size == 16
+  assert scaling.resolve(fixed, 4).optimizer.learning_rate == 2e-3
+
+
+def test_a_global_batch_that_does_not_divide_by_the_replicas_is_a_clear_error():
+  result = run_cli("--experiment=seed_512", "--config_override=data.global_batch_size=16", "--print_config",
+                   "--num_replicas_for_print=32")
+  assert result.returncode != 0
+  assert "data.global_batch_size=16 does not divide by the 32 replicas" in result.stderr

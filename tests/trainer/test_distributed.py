@@ -28,7 +28,7 @@ def test_mirrored_on_two_logical_cpus_keeps_replicas_identical(phantom_data_dir,
   model_dir = tmp_path / "run"
   result = trainer_helpers.run_trainer(trainer_helpers.trainer_command(
       phantom_data_dir, model_dir, "--strategy=mirrored", "--num_cpu_devices=2",
-      f"--worker_weights_dir={tmp_path / 'weights'}", overrides=OVERRIDES))
+      f"--worker_weights_dir={tmp_path / 'weights'}", overrides=OVERRIDES, hooks=True))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "on 2 replica(s)" in result.stderr
   weights = load(tmp_path / "weights" / "worker_0.npz")
@@ -62,9 +62,11 @@ def test_two_workers_on_localhost_train_identically_on_sharded_input_with_chief_
   scratch.mkdir()
   args = trainer_helpers.trainer_command(phantom_data_dir, model_dir, "--strategy=multi_worker",
                                          f"--worker_weights_dir={tmp_path / 'weights'}",
-                                         f"--batch_log={tmp_path / 'batches.log'}", overrides=OVERRIDES)[3:]
+                                         f"--batch_log={tmp_path / 'batches.log'}",
+                                         f"--validation_log={tmp_path / 'validation.log'}", overrides=OVERRIDES,
+                                         hooks=True)[2:]
   launcher = [sys.executable, "-m", "launch.local_multiworker", "--num_workers=2", f"--log_dir={tmp_path / 'logs'}",
-              "--timeout_s=240", "--", *args]
+              "--timeout_s=240", f"--entry={trainer_helpers.HOOKS_SCRIPT}", "--", *args]
   result = subprocess.run(launcher, cwd=trainer_helpers.REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env=trainer_helpers.subprocess_env(TMPDIR=str(scratch), TF_NUM_INTRAOP_THREADS="1"),
                           check=False)

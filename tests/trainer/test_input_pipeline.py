@@ -95,7 +95,25 @@ def test_eval_dataset_reads_validation_once_and_never_test(phantom_data_dir, con
     path.unlink()
   builder = ip.load_builder(str(copy), config.data)
   ids = np.concatenate([b[ip.ID].numpy() for b in ip.eval_dataset(builder, config, 64)])
-  assert len(ids) == 32 and len(set(ids)) == 32
+  assert len(ids) == 32 and len(set(ids)) == 32  # 32 examples fill one batch of 32: no padding
+
+
+def test_eval_shards_are_padded_to_whole_batches_and_cover_the_split_once(phantom_data_dir, config):
+  builder = ip.load_builder(str(phantom_data_dir), config.data)
+  small = experiments.resolve("demo_cpu", list(config_overrides(config)) + ["data.eval_batch_size=5"])
+  # 2 workers x 2 replicas x 5 rows = 20 per step: 32 examples -> 2 steps, 8 padding rows.
+  shards = [list(ip.eval_dataset(builder, small, 64, input_context=tf.distribute.InputContext(
+      num_input_pipelines=2, input_pipeline_id=w, num_replicas_in_sync=4), batch_rows=5)) for w in (0, 1)]
+  assert ip.eval_steps(32, small.data, 4) == 2
+  assert [len(s) for s in shards] == [4, 4]  # 2 steps x 2 local replicas, all full
+  rows = {k: np.concatenate([b[k].numpy() for s in shards for b in s]) for k in (ip.ID, ip.WEIGHT)}
+  real = rows[ip.ID][rows[ip.WEIGHT] > 0]
+  assert len(real) == 32 and len(set(real)) == 32 and (rows[ip.WEIGHT] == 0).sum() == 8
+  assert set(rows[ip.ID][rows[ip.WEIGHT] == 0]) == {b""}
+
+
+def config_overrides(config):
+  return [f"data.config_name={config.data.config_name}", f"data.global_batch_size={config.data.global_batch_size}"]
   next(iter(ip.train_dataset(builder, config, 64)))
   with pytest.raises(ValueError, match="never reads the test split"):
     ip.eval_dataset(builder, config, 64, split="test")

@@ -58,7 +58,7 @@ def test_sigkill_and_sigterm_then_rerun_resume_exactly(phantom_data_dir, tmp_pat
   def command(name):
     return trainer_helpers.trainer_command(
         phantom_data_dir, tmp_path / name, "--deterministic", f"--batch_log={tmp_path / (name + '.log')}",
-        f"--worker_weights_dir={tmp_path / (name + '_weights')}", overrides=OVERRIDES)
+        f"--worker_weights_dir={tmp_path / (name + '_weights')}", overrides=OVERRIDES, hooks=True)
 
   reference = start(command("reference"), trainer_helpers)  # uninterrupted, runs alongside
   interrupted_log = tmp_path / "interrupted.log"

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from bone_age import export
 from trainer import experiments
+from trainer import schedule
 from trainer import train_lib
 
 
@@ -55,7 +56,7 @@ def test_run_writes_config_checkpoints_summaries_and_export(no_test_split, tmp_p
     assert len(validation_tags[tag]) == 2, tag  # one per evaluation
   assert validation_tags["gradcam"] == ["images", "images"]
 
-  summary = json.loads((model_dir / "training_summary.json").read_text())
+  summary = json.loads((model_dir / "training_summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
   assert summary["final_validation"]["count"] == 32
   assert summary["best_validation_mae_months"] <= summary["final_validation"]["mae_months"]
   assert result.final_validation == summary["final_validation"]
@@ -119,18 +120,21 @@ def test_demo_cpu_learns_on_phantoms(phantom_data_dir, tmp_path, trainer_helpers
 def test_plateau_schedule_and_early_stopping_follow_the_validation_loss():
   config = experiments.resolve("seed_512", ["optimizer.learning_rate=1e-3", "optimizer.plateau_patience=2",
                                             "optimizer.min_learning_rate=3e-4", "optimizer.early_stopping_patience=5"])
-  trainer = object.__new__(train_lib.Trainer)  # only the schedule state, no model or data
-  trainer.config = config
-  trainer.optimizer = keras.optimizers.Adam(learning_rate=1e-3)
-  for name, value, dtype in (("best_val_loss", np.inf, tf.float64), ("best_val_mae", np.inf, tf.float64),
-                             ("best_step", 0, tf.int64), ("plateau_wait", 0, tf.int64), ("stale_evals", 0, tf.int64)):
-    setattr(trainer, name, tf.Variable(value, dtype=dtype))
+  learning_rate = schedule.LearningRate(config.optimizer, total_steps=100)
+  state = schedule.Schedule(config.optimizer, learning_rate)
   decisions = []
   for step, (loss, mae) in enumerate([(1.0, 30.0), (0.9, 25.0), (0.95, 20.0), (0.95, 26.0), (0.91, 27.0),
-                                      (0.92, 27.0), (0.93, 27.0), (0.99, 27.0)], start=1):
-    stop = trainer._after_evaluation(step, {"loss": loss, "mae_months": mae})  # pylint: disable=protected-access
-    decisions.append((round(train_lib.current_learning_rate(trainer.optimizer), 6), stop))
-  # Best loss at eval 2; x0.5 after 2 stale evals (eval 4), clamped at the 3e-4 floor (eval 6); stop after 5 stale.
+                                      (0.92, 27.0), (0.93, 27.0), (float("nan"), None)], start=1):
+    stop = state.after_evaluation(step, {"loss": loss, "mae_months": mae})
+    decisions.append((round(float(learning_rate(step)), 6), stop))
+  # Best loss at eval 2; x0.5 after 2 stale evals (eval 4), clamped at the 3e-4 floor (eval 6); stop after 5
+  # stale; a NaN loss never counts as an improvement.
   assert decisions == [(1e-3, False), (1e-3, False), (1e-3, False), (5e-4, False), (5e-4, False), (3e-4, False),
                        (3e-4, True), (3e-4, True)]
-  assert trainer.best_val_mae.numpy() == 20.0 and trainer.best_step.numpy() == 3  # best MAE reported, not chosen
+  assert state.best_val_mae.numpy() == 20.0 and state.best_step.numpy() == 3  # best MAE reported, not chosen
+  assert state.stopped
+
+
+def test_training_summary_is_strict_json():
+  assert train_lib.strict_json({"a": float("nan"), "b": [np.float32(1.5), float("inf")], "c": np.int64(3)}) == {
+      "a": None, "b": [1.5, None], "c": 3}
