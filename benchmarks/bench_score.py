@@ -141,6 +141,7 @@ from batch_inference import score
 summary = score.run({argv!r})
 rss_kib = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")][0]
 print("BENCH_JSON " + json.dumps({{"scored": summary["scored"], "rejected": summary["rejected"],
+                                   "run_dir": summary["output_dir"],
                                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                    "rss_at_end_mib": rss_kib / 1024}}))
 """
@@ -171,7 +172,7 @@ def peak_memory(export_dir, data_dir: pathlib.Path, copies: int, work: pathlib.P
   if result["scored"] != copies * len(image_files(data_dir)):
     # A memory figure of a run that scored nothing (or part) would say nothing.
     raise RuntimeError(f"memory run scored {result['scored']} of {copies * len(image_files(data_dir))} images "
-                       f"({result['rejected']} rejected): see {work / f'out{copies}'}/rejects.jsonl")
+                       f"({result['rejected']} rejected): see the rejects-*.jsonl of {result['run_dir']}")
   result.update(inputs=copies * len(image_files(data_dir)), wall_s=time.perf_counter() - start)
   return result
 

@@ -24,7 +24,7 @@ boneage-train --data_dir="$out/tfds" --model_dir="$out/model" --experiment=demo_
 stage "4/6 Evaluate the export on the untouched test split"
 boneage-evaluate --data_dir="$out/tfds" --model_dir="$out/model" --split=test --output_dir="$out/eval"
 
-stage "5/6 Score a zip of PNG + DICOM phantoms and one corrupt file, with Grad-CAM"
+stage "5/6 Score a zip of PNG + DICOM phantoms and one corrupt file, with Grad-CAM (into $out/scores/runs/<run id>/)"
 boneage-phantoms --output_dir="$out/to_score_png" --num_images=12 --seed=101 --first_id=900001
 boneage-phantoms --output_dir="$out/to_score_dicom" --num_images=8 --seed=102 --first_id=910001 --image_format=dicom
 python scripts/make_demo_archive.py "$out/to_score_png" "$out/to_score_dicom" "$out/pacs_export.zip" "$out/pacs_export_metadata.csv"
