@@ -7,6 +7,8 @@ pipeline, and the files tell which process did the work.
 
 import collections
 import os
+import subprocess
+import sys
 
 import apache_beam as beam
 import pytest
@@ -128,3 +130,83 @@ def test_finish_bundle_outputs_and_empty_reshuffle(cluster, tmp_path):
     _ = nums | beam.Filter(lambda x: x > 100) | "Nothing" >> beam.Reshuffle() | beam.Map(
         lambda x, d=out: _write(d, -x))
   assert [e for e, _ in _calls(out)] == [sum(range(1, 41))]
+
+
+class _BundleSizeFn(beam.DoFn):
+  """Records each bundle's size as a file named <bundle id>.<size>."""
+
+  def __init__(self, folder: str):
+    self._folder = folder
+
+  def start_bundle(self):
+    self._size = 0
+
+  def process(self, element):
+    self._size += 1
+    yield element
+
+  def finish_bundle(self):
+    import uuid  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(self._folder, f"{uuid.uuid4().int % 10**9}.{self._size}"), "x", encoding="utf-8"):
+      pass
+
+
+def test_partitions_after_a_reshuffle_are_bounded(cluster, tmp_path):
+  (bundles,) = _folders(tmp_path, "bundles")
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster, "--dask_partition_size=10")) as p:
+    _ = (p
+         | beam.Create(["one archive"])
+         | beam.FlatMap(lambda _: range(NUM_ELEMENTS))
+         | beam.Reshuffle()
+         | beam.ParDo(_BundleSizeFn(bundles)))
+  sizes = [size for _, size in _calls(bundles)]
+  assert sum(sizes) == NUM_ELEMENTS and max(sizes) <= 10 and len(sizes) == NUM_ELEMENTS // 10
+
+
+def _fail_on_13(x):
+  if x == 13:
+    raise ValueError("element 13 is bad")
+  return x
+
+
+def test_a_failing_dofn_fails_the_job_with_its_error(cluster, tmp_path):
+  with pytest.raises(ValueError, match="element 13 is bad"):
+    with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+      _ = p | beam.Create(list(range(20))) | beam.Reshuffle() | beam.Map(_fail_on_13)
+
+
+@pytest.fixture(scope="module")
+def cluster_of_two_hash_seeds():
+  """Two workers whose str hash() differs, as `dask worker --no-nanny` on two machines.
+
+  (A nanny gives every worker the same PYTHONHASHSEED.)
+  """
+  with distributed.LocalCluster(n_workers=0, dashboard_address=None) as c:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address,
+                                 "--no-nanny", "--nthreads=1", "--no-dashboard"],
+                                env={**env, "PYTHONHASHSEED": seed}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for seed in ("1", "2")]
+    try:
+      with distributed.Client(c) as client:
+        client.wait_for_workers(2, timeout=60)
+        assert len(set(client.run(hash, "a key").values())) == 2
+      yield c
+    finally:
+      for worker in workers:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_group_by_key_groups_equal_keys_from_different_workers(cluster_of_two_hash_seeds, tmp_path):
+  """Keys are compared by their deterministic encoding, not by a per-process hash()."""
+  (out,) = _folders(tmp_path, "out")
+  pairs = [(("id", i % 7, "x" * (i % 7)), i) for i in range(NUM_ELEMENTS)]
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster_of_two_hash_seeds)) as p:
+    _ = (p
+         | beam.Create(pairs)
+         | beam.Reshuffle()  # the pairs of one key now sit on both workers
+         | beam.GroupByKey()
+         | beam.Map(lambda kv, d=out: _write(d, kv[0][1] * 10**6 + len(list(kv[1])) * 1000 + len(kv[0][2]))))
+  want = sorted(k * 10**6 + sum(1 for i in range(NUM_ELEMENTS) if i % 7 == k) * 1000 + k for k in range(7))
+  assert sorted(e for e, _ in _calls(out)) == want
