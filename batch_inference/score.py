@@ -34,7 +34,7 @@ from batch_inference import writers
 
 _HELP_FLAGS = ("--help", "-h", "--helpfull", "-?")
 # Reject reasons meaning an input could not even be reached; a run with only these read nothing.
-_NOTHING_READ_REASONS = frozenset({errors.MISSING_FILE, getattr(errors, "LISTING_FAILED", "listing_failed")})
+_NOTHING_READ_REASONS = frozenset({errors.MISSING_FILE, errors.LISTING_FAILED})
 
 
 @dataclasses.dataclass(frozen=True)

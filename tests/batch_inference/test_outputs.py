@@ -87,6 +87,16 @@ def test_run_ids_are_unique_and_latest_moves_only_on_a_complete_publish(tmp_path
   assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the pointer's temporary file is gone
 
 
+def test_a_run_read_nothing_only_when_every_input_was_unreachable():
+  def summary(scored=0, **by_reason):
+    return {"scored": scored, "rejected": sum(by_reason.values()), "rejected_by_reason": by_reason}
+  assert score.nothing_read(summary(listing_failed=1, missing_file=2))
+  assert score.nothing_read(summary(listing_failed=1))
+  assert not score.nothing_read(summary(listing_failed=1, truncated=1))  # one input was read, then refused
+  assert not score.nothing_read(summary(scored=1, missing_file=1))
+  assert not score.nothing_read(summary())  # nothing to read is not a failure to read
+
+
 def _count_overlays(output_dir: pathlib.Path) -> int:
   return len(list(output_dir.glob("runs/*/overlays/*.png")))
 
