@@ -109,8 +109,9 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
             # Groups a file matched by two patterns into one, and spreads files over workers.
             | "DistinctFiles" >> beam.GroupByKey()
             | "FirstOfEach" >> beam.Map(_first_file)
-            | "ListMembers" >> beam.ParDo(sources.ListMembersFn(config.max_member_bytes, config.members_per_read)).with_outputs(
-                rejects.REJECTS_TAG, sources.TALLY_TAG, main="refs"))
+            | "ListMembers" >> beam.ParDo(sources.ListMembersFn(
+                config.max_member_bytes, config.members_per_read)).with_outputs(
+                    rejects.REJECTS_TAG, sources.TALLY_TAG, main="refs"))
   joined, join_rejects = listed.refs | "JoinMetadata" >> patients.JoinMetadata(config.metadata_csv, metadata_fields)
   read = (joined
           | "KeyByChunk" >> beam.Map(lambda ref_row: (ref_row[0].chunk_key, ref_row))

@@ -39,7 +39,8 @@ class ScoreKey:
 
 
 class PrepareRequestFn(beam.DoFn):
-  """(PreparedImage, MetadataRow or None) -> (ScoreKey, ScoreRequest) per subject, or an unknown-sex / bad-label reject."""
+  """(PreparedImage, MetadataRow or None) -> (ScoreKey, ScoreRequest) per subject, or an unknown-sex / bad-label
+  reject."""
 
   def __init__(self, unknown_sex: str, overlay_max_px: int | None):
     super().__init__()

@@ -208,8 +208,8 @@ def _checked_bytes(name: str, data: bytes | None, max_member_bytes: int, source:
 
 
 def _empty_archive(archive_path: str) -> Refusal:
-  return _refuse(display_name(archive_path), errors.EMPTY_ARCHIVE, "the archive holds no file (only folders, or nothing)",
-                 posixpath.basename(display_name(archive_path)))
+  return _refuse(display_name(archive_path), errors.EMPTY_ARCHIVE,
+                 "the archive holds no file (only folders, or nothing)", posixpath.basename(display_name(archive_path)))
 
 
 class _Chunker:
@@ -410,8 +410,8 @@ def read_member(ref: MemberRef, opened, max_member_bytes: int) -> bytes | Refusa
     except (OSError, IOError) as e:
       return _refuse(ref.source, errors.MISSING_FILE, f"cannot read the file: {e}", ref.example_id)
     if data is None:
-      return _refuse(ref.source, errors.MEMBER_TOO_LARGE, f"holds more than --max_member_bytes={max_member_bytes} bytes",
-                     ref.example_id)
+      return _refuse(ref.source, errors.MEMBER_TOO_LARGE,
+                     f"holds more than --max_member_bytes={max_member_bytes} bytes", ref.example_id)
     return data
   fileobj, archive = opened
   try:

@@ -41,7 +41,8 @@ def test_csv_parsing_accepts_common_spellings_and_keeps_bad_rows_with_their_prob
 
 
 def test_a_line_that_is_not_utf8_is_a_problem_row_not_a_crash():
-  [(example_id, row)] = patients.parse_metadata_line(b"9,M,\xff\xfe", ["id", "male", "chronological_age_months"], "m.csv")
+  fields = ["id", "male", "chronological_age_months"]
+  [(example_id, row)] = patients.parse_metadata_line(b"9,M,\xff\xfe", fields, "m.csv")
   assert example_id == "9" and "not UTF-8" in row.problem
 
 

@@ -40,7 +40,8 @@ def _probe(pid_dir, *args: str) -> tuple[str, set[int]]:
 
 @pytest.mark.parametrize("argv,expected", [
     ([], [f"--runner={runners.LOCAL_RUNNER}"]),
-    (["--runner=DirectRunner", "--direct_num_workers=2"], [f"--runner={runners.LOCAL_RUNNER}", "--direct_num_workers=2"]),
+    (["--runner=DirectRunner", "--direct_num_workers=2"],
+     [f"--runner={runners.LOCAL_RUNNER}", "--direct_num_workers=2"]),
     (["--runner", "DaskRunner"], ["--runner", runners.DASK_RUNNER]),
     (["--runner=dask"], [f"--runner={runners.DASK_RUNNER}"]),
     (["--runner=DataflowRunner", "--project=p"], ["--runner=DataflowRunner", "--project=p"]),
