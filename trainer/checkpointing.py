@@ -38,6 +38,12 @@ PREEMPTED_EXIT_CODE = 143
 UNREADABLE_CHECKPOINT_EXIT_CODE = 3
 
 
+# What reading a damaged checkpoint raises: TensorFlow errors for a bad index or
+# missing shard, IndexError ("Read less bytes than requested") for a truncated
+# data file, ValueError/AssertionError when objects do not match.
+_READ_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError)
+
+
 class CheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be restored."""
 
@@ -66,7 +72,7 @@ class ChiefOnlyManager:
     for path in candidates:
       try:
         self._checkpoint.restore(path).assert_existing_objects_matched()
-      except (tf.errors.OpError, ValueError, AssertionError) as e:
+      except _READ_ERRORS as e:
         damaged = _damaged_file(path)
         logging.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", damaged,
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
@@ -96,12 +102,12 @@ def _damaged_file(prefix: str) -> str:
   index = prefix + ".index"
   try:
     reader = tf.train.load_checkpoint(prefix)
-  except (tf.errors.OpError, ValueError):
+  except _READ_ERRORS:
     return index
   for name in reader.get_variable_to_shape_map():
     try:
       reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError):
+    except _READ_ERRORS:
       data = tf.io.gfile.glob(prefix + ".data-*")
       return ", ".join(data) or prefix
   return prefix
