@@ -1,8 +1,9 @@
 """The install routes resolve against the package index, each with exactly one TensorFlow package.
 
 `pip install --dry-run --ignore-installed --report` resolves what each route
-would install without installing it: the cpu/gpu/tpu extras, the TPU image's
-requirements (launch/Dockerfile.tpu) and every launch/requirements-*.txt.
+would install without installing it: the cpu/gpu/tpu extras, and every
+image's launch/requirements-<variant>.txt together with '.[<variant>,gcp]'
+(launch/Dockerfile, launch/Dockerfile.tpu).
 Slow (each resolution fetches metadata from the index); skipped when the
 index cannot be reached.
 """
@@ -66,38 +67,38 @@ def _one_tensorflow(resolved: dict[str, str]) -> str:
   return variants[0]
 
 
-@pytest.mark.parametrize("extra, variant, line", [
-    ("cpu", "tensorflow", "2.21."),
-    ("gpu", "tensorflow", "2.21."),
+@pytest.mark.parametrize("extras, variant, line", [
+    ("cpu,test,dask", "tensorflow", "2.21."),  # the development install (make test)
     ("tpu", "tensorflow-tpu", "2.20."),
-])
-def test_each_tensorflow_extra_resolves_to_one_variant(project, tmp_path, extra, variant, line):
-  resolved = _resolve(project, tmp_path, f".[{extra}]")
+])  # '.[gpu,gcp]' and '.[cpu,gcp]' are resolved with the images' requirements below.
+def test_each_tensorflow_extra_resolves_to_one_variant(project, tmp_path, extras, variant, line):
+  resolved = _resolve(project, tmp_path, f".[{extras}]")
   assert _one_tensorflow(resolved) == variant
   assert resolved[variant].startswith(line) and resolved["tensorboard"].startswith(line)
   assert resolved["keras"].startswith("3.15.")
-  if extra == "gpu":
-    assert any(name.startswith("nvidia-cudnn") for name in resolved)
-  if extra == "tpu":
+  if extras == "tpu":
     # Newer libtpu releases lack TPU C API functions tensorflow-tpu 2.20 loads at import.
     assert tuple(int(part) for part in resolved["libtpu"].split(".")[:3]) <= (0, 0, 21)
 
 
-def test_the_tpu_image_requirements_resolve_with_the_extra(project, tmp_path):
-  """What launch/Dockerfile.tpu installs: the exact TPU stack together with '.[tpu,gcp]'."""
-  resolved = _resolve(project, tmp_path, "-r", "launch/requirements-tpu.txt", ".[tpu,gcp]")
-  assert _one_tensorflow(resolved) == "tensorflow-tpu"
-  pins = dict(line.split("==") for line in (REPO_ROOT / "launch" / "requirements-tpu.txt").read_text().splitlines()
-              if line and not line.startswith("#"))
-  assert {_normalize(name): resolved[_normalize(name)] for name in pins} == {
-      _normalize(name): version for name, version in pins.items()}
-  assert "google-cloud-aiplatform" in resolved and "apache-beam" in resolved
-
-
 @pytest.mark.parametrize("requirements", sorted(p.name for p in (REPO_ROOT / "launch").glob("requirements-*.txt")))
-def test_every_requirements_file_resolves_with_one_tensorflow(project, tmp_path, requirements):
-  """Run from the project root, as the Dockerfiles do, so a '.' or '.[extra]' line means this package."""
-  _one_tensorflow(_resolve(project, tmp_path, "-r", f"launch/{requirements}"))
+def test_every_image_requirements_file_resolves_with_its_extra(project, tmp_path, requirements):
+  """What each image installs: launch/requirements-<variant>.txt (exact pins) with '.[<variant>,gcp]'.
+
+  Run from the project root, as the Dockerfiles do, so '.' means this package.
+  """
+  variant = requirements[len("requirements-"):-len(".txt")]
+  resolved = _resolve(project, tmp_path, "-r", f"launch/{requirements}", f".[{variant},gcp]")
+  assert _one_tensorflow(resolved) == ("tensorflow-tpu" if variant == "tpu" else "tensorflow")
+  pins = {}
+  for line in (REPO_ROOT / "launch" / requirements).read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+      name, version = line.split("==")
+      pins[_normalize(name.split("[")[0])] = version.strip()
+  assert {name: resolved.get(name) for name in pins} == pins
+  assert "google-cloud-aiplatform" in resolved and "apache-beam" in resolved
+  if variant == "gpu":
+    assert any(name.startswith("nvidia-cudnn") for name in resolved)
 
 
 def test_two_tensorflow_variants_together_do_not_resolve(project):
