@@ -49,7 +49,7 @@ SKIP_CREATE=0
 DELETE_AFTER=0
 
 usage() {
-  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'USAGE'
 Flags (all --name=value):
   --project --zone --tpu_name --data_dir --model_dir   (required)
