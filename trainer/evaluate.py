@@ -28,6 +28,7 @@ from bone_age import export as ba_export
 from bone_age import metrics
 from bone_age import model as ba_model
 from bone_age import schema
+from trainer import input_pipeline
 from trainer import plots
 
 DATASET_NAME = "rsna_bone_age"
@@ -36,15 +37,6 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 TRAIN_SPLIT = "train"
 DEFAULT_BATCH_SIZE = 32
-
-
-def _version_key(name: str) -> tuple[int, ...]:
-  return tuple(int(p) for p in name.split("."))
-
-
-def _is_version(name: str) -> bool:
-  parts = name.split(".")
-  return len(parts) == 3 and all(p.isdigit() for p in parts)
 
 
 def find_dataset_dir(data_dir: str, image_size_px: int, dataset_version: str | None = None) -> str:
@@ -65,10 +57,7 @@ def find_dataset_dir(data_dir: str, image_size_px: int, dataset_version: str | N
     raise errors.InputError(config_dir, errors.MISSING_FILE,
                             f"no {image_size_px}px dataset for this {image_size_px}px model "
                             f"(configs present: {present or 'none'})")
-  versions = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(config_dir)
-                     if _is_version(v.rstrip("/"))
-                     and tf.io.gfile.exists(os.path.join(config_dir, v.rstrip("/"), "dataset_info.json"))),
-                    key=_version_key)
+  versions = input_pipeline.prepared_versions(config_dir)
   if not versions:
     raise errors.InputError(config_dir, errors.MISSING_FILE, "no prepared dataset version (dataset_info.json)")
   if dataset_version in versions:

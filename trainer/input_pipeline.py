@@ -77,18 +77,27 @@ def dataset_dir(data_dir: str, data_config: configs.DataConfig) -> str:
   if data_config.version:
     path = os.path.join(config_dir, data_config.version)
   else:
-    versions = [v for v in tf.io.gfile.listdir(config_dir) if _is_version(v.rstrip("/"))] \
-        if tf.io.gfile.isdir(config_dir) else []
-    versions = [v.rstrip("/") for v in versions
-                if tf.io.gfile.exists(os.path.join(config_dir, v.rstrip("/"), "dataset_info.json"))]
+    versions = prepared_versions(config_dir)
     if not versions:
       raise errors.InputError(config_dir, errors.MISSING_FILE,
                               "no prepared TFDS dataset here; build it with boneage-preprocess "
                               f"--data_dir={data_dir} --config={data_config.config_name}")
-    path = os.path.join(config_dir, max(versions, key=lambda v: tuple(int(p) for p in v.split("."))))
+    path = os.path.join(config_dir, versions[-1])
   if not tf.io.gfile.exists(os.path.join(path, "dataset_info.json")):
     raise errors.InputError(path, errors.MISSING_FILE, "no dataset_info.json: not a prepared TFDS dataset version")
   return path
+
+
+def prepared_versions(config_dir: str) -> list[str]:
+  """The prepared versions (holding dataset_info.json) under <data_dir>/<name>/<config>, oldest first.
+
+  The one version lookup of the trainer and boneage-evaluate.
+  """
+  if not tf.io.gfile.isdir(config_dir):
+    return []
+  names = [v.rstrip("/") for v in tf.io.gfile.listdir(config_dir)]
+  versions = [v for v in names if _is_version(v) and tf.io.gfile.exists(os.path.join(config_dir, v, "dataset_info.json"))]
+  return sorted(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
 def _is_version(name: str) -> bool:
