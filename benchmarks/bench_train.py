@@ -10,13 +10,16 @@ backbone, global batch 32, float32, default strategy):
   4. xception: bare train_on_batch of the production backbone at the same
                size (batch 8), and the full trainer with that backbone, for
                the ratios on the real recipe.
+  5. loop:     the tiny model's trainer step rate with train.steps_per_loop
+               1 vs 20: the per-call host overhead that many steps per
+               tf.function call removes (larger on an accelerator).
 Targets: trainer >= 95% of bare; pipeline >= 20x the model's consumption
 (reported against both the tiny demo model and Xception). On a 2-core CPU the
 tiny model consumes ~1000 images/s, so decode + augmentation compete with it
 for the same cores (the bare loop reuses one in-memory batch); with Xception,
 the production model, the pipeline's share of the CPU is below 1%.
 
-  python benchmarks/bench_train.py [--steps=150] [--output=bench_output/train.json]
+  python benchmarks/bench_train.py [--steps=160] [--output=bench_output/train.json]
 """
 
 import argparse
@@ -77,12 +80,12 @@ def pipeline_images_per_second(builder, config, batches: int) -> float:
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
-  return batches * config.data.global_batch_size / (time.perf_counter() - start)
+  return batches * config.data.per_replica_batch_size / (time.perf_counter() - start)
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--steps", type=int, default=150)
+  parser.add_argument("--steps", type=int, default=160)
   parser.add_argument("--num_train", type=int, default=256)
   parser.add_argument("--output", default=str(REPO_ROOT / "bench_output" / "train.json"))
   args = parser.parse_args(argv)
@@ -102,6 +105,14 @@ def main(argv=None) -> dict:
   bare = bare_images_per_second(config, facts, batch, args.steps, warmup)
   result = train_lib.train_and_evaluate(config, str(work / "data"), str(work / "run"))
   trainer = result.steady_images_per_second
+  per_loop = {}
+  for steps_per_loop in (1, 20):
+    loop_config = experiments.resolve("demo_cpu", [
+        f"train.train_steps={warmup + args.steps}", f"train.log_every_steps={warmup}",
+        f"train.eval_every_steps={warmup + args.steps}", "train.num_gradcam_images=0",
+        f"train.steps_per_loop={steps_per_loop}"])
+    per_loop[steps_per_loop] = train_lib.train_and_evaluate(
+        loop_config, str(work / "data"), str(work / f"run_loop{steps_per_loop}")).steady_images_per_second
   bare_again = bare_images_per_second(config, facts, batch, args.steps, warmup)
   pipeline = pipeline_images_per_second(builder, config, batches=60)
   # The production backbone's appetite at the same size: what the pipeline must feed on a real run.
@@ -131,6 +142,10 @@ def main(argv=None) -> dict:
       "pipeline_vs_xception": round(pipeline / xception, 1),
       "xception_trainer_images_per_second": round(xception_trainer, 2),
       "xception_trainer_vs_bare": round(xception_trainer / xception, 3),
+      "xception_trainer_vs_bare_target": 0.95,
+      "tiny_steps_per_second_steps_per_loop_1": round(per_loop[1] / config.data.per_replica_batch_size, 1),
+      "tiny_steps_per_second_steps_per_loop_20": round(per_loop[20] / config.data.per_replica_batch_size, 1),
+      "steps_per_loop_20_vs_1": round(per_loop[20] / per_loop[1], 3),
       "cpu_count": os.cpu_count(),
       "load_average_1min": round(os.getloadavg()[0], 2),
   }

@@ -25,6 +25,8 @@ TRAIN_STATS = ("loss", "age_loss", "group_loss", "abs_err_months", "sq_err_month
 # true_months are centred on _CENTRE_MONTHS so the float32 sums of squares keep their precision.
 EVAL_STATS = ("loss", "abs_err_months", "sq_err_months", "true_months", "true_sq_months", "count")
 _CENTRE_MONTHS = age_groups.MAX_AGE_MONTHS / 2
+_TRAIN_KEYS = (ip.IMAGE, ip.MALE, ip.BONEAGE, ip.GROUP)
+_EVAL_KEYS = (*_TRAIN_KEYS, ip.WEIGHT)
 
 
 def build_model(config: configs.ExperimentConfig, image_size_px: int, age_group_edges_months, *,
@@ -125,10 +127,12 @@ def make_train_step(model, optimizer, config: configs.ExperimentConfig, *, num_r
   if not config.runtime.jit_compile:
     return replica_step
   if num_replicas == 1:
-    return tf.function(replica_step, jit_compile=True)
+    compiled_step = tf.function(replica_step, jit_compile=True)
+    return lambda batch: compiled_step({k: batch[k] for k in _TRAIN_KEYS})
   compiled_gradients = tf.function(gradients, jit_compile=True)
 
   def replica_step_compiled_gradients(batch):
+    batch = {k: batch[k] for k in _TRAIN_KEYS}  # only numbers enter XLA (ids stay on the host)
     if logical_cpus:
       with tf.device(None):
         grads, stats = compiled_gradients(batch)
@@ -175,11 +179,11 @@ def make_eval_step(model, config: configs.ExperimentConfig, num_groups: int, *, 
     return replica_step
   compiled = tf.function(replica_step, jit_compile=True)
   if not logical_cpus:
-    return compiled
+    return lambda batch: compiled({k: batch[k] for k in _EVAL_KEYS})
 
   def unplaced(batch):  # see make_train_step
     with tf.device(None):
-      return compiled(batch)
+      return compiled({k: batch[k] for k in _EVAL_KEYS})
 
   return unplaced
 

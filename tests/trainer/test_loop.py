@@ -73,7 +73,7 @@ def test_jit_compile_with_synchronised_batchnorm_over_replicas_is_refused():
 def phantom_128px(tmp_path_factory):
   import phantom_tfds  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path_factory.mktemp("phantom_128")
-  phantom_tfds.build(str(data_dir), size_px=128, num_train=16, num_validation=8, num_test=0, render_hw=(128, 100))
+  phantom_tfds.build(str(data_dir), size_px=128, num_train=16, num_validation=8, num_test=2, render_hw=(128, 100))
   return data_dir
 
 
