@@ -18,6 +18,7 @@ The batch size defaults to `DEFAULT_GPU_BATCH_SIZE` there.
 """
 
 import dataclasses
+import posixpath
 import re
 
 from launch import common
@@ -28,6 +29,10 @@ DEFAULT_GPU_BATCH_SIZE = 32
 IMAGE_VARIANTS = ("cpu", "gpu")
 # Dataflow job names: lowercase letters, digits and dashes, starting with a letter.
 _JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+# The CPU worker image's pinned stack, relative to the repository root (setup.py's folder).
+CPU_REQUIREMENTS = "launch/requirements-cpu.txt"
 
 
 @dataclasses.dataclass
@@ -109,7 +114,12 @@ def beam_options(options: DataflowOptions) -> list[str]:
   if options.sdk_container_image:
     args += [f"--sdk_container_image={options.sdk_container_image}"]
   else:
-    args += [f"--setup_file={options.setup_file}"]
+    # setup.py names no TensorFlow variant (they are extras), so the workers
+    # also install the CPU image's exact stack from PyPI; `skip` keeps the
+    # launcher from downloading those wheels only to stage them.
+    requirements = posixpath.join(posixpath.dirname(options.setup_file) or ".", CPU_REQUIREMENTS)
+    args += [f"--setup_file={options.setup_file}", f"--requirements_file={requirements}",
+             "--requirements_cache=skip"]
   args += common.flag("machine_type", options.machine_type)
   args += common.flag("num_workers", options.num_workers)
   args += common.flag("max_num_workers", options.max_num_workers)

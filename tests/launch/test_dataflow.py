@@ -113,6 +113,9 @@ def test_setup_file_is_still_possible_on_public_workers(capsys):
   flags = _flags(_dry_run(capsys, ["dataflow-preprocess", *PLACEMENT[:3], "--setup_file=./setup.py",
                                    "--manual_dir=gs://b/m", "--data_dir=gs://b/d"]))
   assert flags["--setup_file"] == ["./setup.py"] and "--sdk_container_image" not in flags
+  # setup.py's core names no TensorFlow: the workers get the CPU image's pinned stack.
+  assert flags["--requirements_file"] == ["./launch/requirements-cpu.txt"]
+  assert flags["--requirements_cache"] == ["skip"]
 
 
 def test_build_image_prints_docker_build_and_push_before_the_job(capsys):
