@@ -165,6 +165,10 @@ def _split_by_key(part, num_buckets: int):
   return buckets
 
 
+def _bucket_sizes(buckets) -> list[int]:
+  return [len(b) for b in buckets]
+
+
 def _bucket(buckets, index: int):
   return buckets[index]
 
@@ -308,23 +312,39 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     return db.from_delayed(outs)
 
   def group_by_key(self, bag, label: str):
-    """A persisted bag of (key, value) -> (key, [values]) partitions, by key hash, spread over workers."""
+    """A persisted bag of (key, value) -> (key, [values]) partitions, by key hash, balanced over workers.
+
+    Keys are hashed into buckets; the non-empty buckets are then dealt
+    largest first to the least loaded worker thread, so a handful of keys
+    (an archive's read chunks) still splits evenly.
+    """
     import dask.bag as db  # pylint: disable=g-import-not-at-top
 
     parts = self._partition_futures(bag)
     total = sum(self.client.gather(self.client.map(len, parts, pure=False)))
     if not total:
       return self._empty()
-    num_out = self._num_partitions(total)
+    num_buckets = self._num_partitions(total)
     token = uuid.uuid4().hex
-    split = self.client.map(_split_by_key, parts, num_buckets=num_out, key=[
+    split = self.client.map(_split_by_key, parts, num_buckets=num_buckets, key=[
         f"split-{label}-{i}-{token}" for i in range(len(parts))])
+    sizes = [sum(per_part) for per_part in zip(*self.client.gather(self.client.map(_bucket_sizes, split)))]
     outs = []
-    for j in range(num_out):
+    for j, slot in self._deal(sizes):
       buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}") for i, s in enumerate(split)]
-      outs.append(self.client.submit(_group_bucket, *buckets, key=f"group-{label}-{j}-{token}", **self._placed(j)))
+      outs.append(self.client.submit(_group_bucket, *buckets, key=f"group-{label}-{j}-{token}", **self._placed(slot)))
     self.held.extend(outs)
     return db.from_delayed(outs)
+
+  def _deal(self, sizes: list[int]) -> list[tuple[int, int]]:
+    """(bucket, worker slot) for each non-empty bucket: largest first, to the least loaded slot."""
+    loads = [0] * max(1, len(self.slots))
+    dealt = []
+    for j in sorted((j for j, n in enumerate(sizes) if n), key=lambda j: -sizes[j]):
+      slot = min(range(len(loads)), key=lambda k: loads[k])
+      loads[slot] += sizes[j]
+      dealt.append((j, slot))
+    return sorted(dealt)
 
   # -- translation --------------------------------------------------------------------------------
 

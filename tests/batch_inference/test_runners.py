@@ -59,3 +59,74 @@ def test_dask_runner_on_a_local_cluster_matches_in_process(scored_in_process, ou
     score.run(argv + [f"--output_dir={root / 'dask'}", "--runner=beam_pipelines.dask_runner.DaskRunner",
                       f"--dask_client_address={cluster.scheduler_address}", "--dask_npartitions=2"])
   _compare(expected, outputs_of(root / "dask"))
+
+
+ZIP_IMAGES = 400
+MAX_BUSIEST_SHARE = 0.65
+MAX_CPU_OVER_DIRECT = 1.5
+IMAGE_HEIGHT_PX, IMAGE_WIDTH_PX = 1040, 800
+
+# Both sides import TensorFlow before their CPU is read: an interpreter and
+# its imports are a per-process cost, not work done on the images.
+_DIRECT_CHILD = """
+import resource, sys
+sys.path[:0] = {path!r}
+import tensorflow
+from batch_inference import score
+start = resource.getrusage(resource.RUSAGE_SELF)
+summary = score.run({argv!r})
+assert summary["scored"] == {images}, summary
+end = resource.getrusage(resource.RUSAGE_SELF)
+print("CPU_S", end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime)
+"""
+
+
+def _process_cpu_s() -> float:
+  import psutil  # pylint: disable=g-import-not-at-top
+  import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  times = psutil.Process().cpu_times()
+  return times.user + times.system
+
+
+@pytest.mark.slow
+def test_one_zip_spreads_over_two_dask_worker_processes_without_extra_cpu(tiny_export, make, outputs_of, tmp_path):
+  """One zip of 400 images on 2 Dask worker processes: work split, each image scored once, CPU near one DirectRunner."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+
+  distributed = pytest.importorskip("distributed")
+  with zipfile.ZipFile(tmp_path / "export.zip", "w") as archive:
+    for i in range(ZIP_IMAGES):
+      # Radiograph-like sizes, so that decoding and overlays (per-image work) outweigh loading the model.
+      archive.writestr(f"hands/{i}.png", make.png(make.pixels(i, height_px=IMAGE_HEIGHT_PX, width_px=IMAGE_WIDTH_PX)))
+  argv = [f"--model_dir={tiny_export}", f"--inputs={tmp_path / 'export.zip'}", "--unknown_sex=male", "--gradcam=true"]
+
+  # The same zip on one DirectRunner worker, in a fresh process whose whole CPU is the baseline.
+  child = _DIRECT_CHILD.format(path=sys.path, argv=argv + [f"--output_dir={tmp_path / 'direct'}"], images=ZIP_IMAGES)
+  direct = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=False)
+  assert direct.returncode == 0, direct.stderr[-3000:]
+  direct_cpu_s = float([l for l in direct.stdout.splitlines() if l.startswith("CPU_S")][0].split()[1])
+
+  import dask  # pylint: disable=g-import-not-at-top
+
+  # Dask workers sample their own stacks every few ms (the dashboard's profile); that is the cluster's
+  # cost, not the job's, and production clusters may turn it off the same way.
+  with dask.config.set({"distributed.worker.profile.enabled": False}), distributed.LocalCluster(
+      n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with distributed.Client(cluster) as client:
+      before = client.run(_process_cpu_s)
+      summary = score.run(argv + [f"--output_dir={tmp_path / 'dask'}", "--runner=DaskRunner",
+                                  f"--dask_client_address={cluster.scheduler_address}"])
+      after = client.run(_process_cpu_s)
+  dask_cpu_s = sum(after[w] - before[w] for w in after)
+  print(f"images per worker {summary['scored_per_worker']}; CPU s: Dask workers {dask_cpu_s:.1f}, "
+        f"one DirectRunner worker {direct_cpu_s:.1f} ({dask_cpu_s / direct_cpu_s:.2f}x)")
+
+  assert summary["scored"] == ZIP_IMAGES and summary["accounted"], summary
+  per_worker = summary["scored_per_worker"]
+  assert len(per_worker) == 2 and sum(per_worker.values()) == ZIP_IMAGES, per_worker
+  assert max(per_worker.values()) <= MAX_BUSIEST_SHARE * ZIP_IMAGES, per_worker
+  out = outputs_of(tmp_path / "dask")
+  assert sorted(r["id"] for r in out["predictions"]) == sorted(f"export.zip!hands/{i}.png" for i in range(ZIP_IMAGES))
+  assert dask_cpu_s <= MAX_CPU_OVER_DIRECT * direct_cpu_s, (dask_cpu_s, direct_cpu_s)
