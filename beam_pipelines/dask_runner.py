@@ -64,6 +64,18 @@ def _take_dofn(token: str, fn_pickled: bytes):
   return (fn, te.DoFnSignature(fn)), True
 
 
+def _release_dofns(tokens: list[str]) -> int:
+  """Tears down and forgets this process's idle DoFns of a finished job; returns how many."""
+  with _IDLE_LOCK:
+    idle = [entry for token in tokens for entry in _IDLE_DOFNS.pop(token, [])]
+  for fn, _ in idle:
+    try:
+      fn.teardown()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the job has finished; a failing teardown must not fail it now
+  return len(idle)
+
+
 def _drain(values: list):
   """Yields and forgets a bundle's outputs so far (main bare, tagged with their tag)."""
   out = list(values)
@@ -225,6 +237,7 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     # Futures the graph names by key only (from_delayed keeps no Future): held
     # until the job has finished, or the scheduler would forget them.
     self.held = []
+    self.dofn_tokens = []  # one per ParDo: its set-up instances are torn down when the job ends
     nthreads = client.nthreads()  # worker address -> threads
     self.slots = [w for w, n in sorted(nthreads.items()) for _ in range(n)]
 
@@ -373,8 +386,10 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     args, kwargs = transform.raw_side_inputs
     main_input = next(iter(node.main_inputs.values()))
     window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
+    token = uuid.uuid4().hex
+    self.dofn_tokens.append(token)
     return input_bag.map(te.get_windowed_value, window_fn).map_partitions(
-        _run_bundle, uuid.uuid4().hex, pickler.dumps(transform.fn), window_fn, transform.label, side_inputs,
+        _run_bundle, token, pickler.dumps(transform.fn), window_fn, transform.label, side_inputs,
         args, kwargs)
 
   def visit_transform(self, transform_node):
@@ -413,9 +428,10 @@ class _Visitor(beam.pipeline.PipelineVisitor):
 class _Result(dask_runner.DaskRunnerResult):
   """Closes the client it opened once the job has finished (or failed)."""
 
-  def __init__(self, client, futures, held=()):
+  def __init__(self, client, futures, held=(), dofn_tokens=()):
     super().__init__(client, futures)
     self._held = list(held)
+    self._dofn_tokens = list(dofn_tokens)
 
   def wait_until_finish(self, duration=None) -> str:
     try:
@@ -423,7 +439,11 @@ class _Result(dask_runner.DaskRunnerResult):
     finally:
       if self.state in (beam.runners.runner.PipelineState.DONE, beam.runners.runner.PipelineState.FAILED):
         self._held = []
-        self.client.close()
+        try:
+          # Long-lived workers would otherwise keep every finished job's DoFns (and models).
+          self.client.run(_release_dofns, self._dofn_tokens)
+        finally:
+          self.client.close()
 
 
 class DaskRunner(dask_runner.DaskRunner):
@@ -446,4 +466,4 @@ class DaskRunner(dask_runner.DaskRunner):
     except BaseException:
       client.close()
       raise
-    return _Result(client, futures, visitor.held + list(visitor.pcoll_bags.values()))
+    return _Result(client, futures, visitor.held + list(visitor.pcoll_bags.values()), visitor.dofn_tokens)

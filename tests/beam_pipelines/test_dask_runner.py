@@ -210,3 +210,40 @@ def test_group_by_key_groups_equal_keys_from_different_workers(cluster_of_two_ha
          | beam.Map(lambda kv, d=out: _write(d, kv[0][1] * 10**6 + len(list(kv[1])) * 1000 + len(kv[0][2]))))
   want = sorted(k * 10**6 + sum(1 for i in range(NUM_ELEMENTS) if i % 7 == k) * 1000 + k for k in range(7))
   assert sorted(e for e, _ in _calls(out)) == want
+
+
+class _LifecycleFn(beam.DoFn):
+  """Records setup and teardown as files; counts bundles per instance."""
+
+  def __init__(self, folder: str):
+    self._folder = folder
+
+  def setup(self):
+    import uuid  # pylint: disable=g-import-not-at-top
+    self._name = uuid.uuid4().hex
+    with open(os.path.join(self._folder, f"setup-{self._name}"), "x", encoding="utf-8"):
+      pass
+
+  def process(self, element):
+    yield element
+
+  def teardown(self):
+    with open(os.path.join(self._folder, f"teardown-{self._name}"), "x", encoding="utf-8"):
+      pass
+
+
+def _idle_dofns() -> int:
+  return sum(len(v) for v in dask_runner._IDLE_DOFNS.values())  # pylint: disable=protected-access
+
+
+def test_dofns_are_set_up_once_per_worker_and_torn_down_when_the_job_ends(cluster, tmp_path):
+  (events,) = _folders(tmp_path, "events")
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+    _ = p | beam.Create(list(range(NUM_ELEMENTS))) | beam.Reshuffle() | beam.ParDo(_LifecycleFn(events))
+  names = os.listdir(events)
+  setups = {n.split("-", 1)[1] for n in names if n.startswith("setup-")}
+  teardowns = {n.split("-", 1)[1] for n in names if n.startswith("teardown-")}
+  # Many partitions (NUM_ELEMENTS / partition size), but at most one instance per worker thread.
+  assert 1 <= len(setups) <= 2 and teardowns == setups
+  with distributed.Client(cluster.scheduler_address) as client:
+    assert set(client.run(_idle_dofns).values()) == {0}
