@@ -48,6 +48,7 @@ from apache_beam.runners.dask import overrides
 from apache_beam.runners.dask import transform_evaluator as te
 
 DEFAULT_PARTITION_SIZE = 16
+_READ_BUNDLE_BYTES = 64 << 20  # a bounded source (ReadFromText) is split into bundles of about this size
 _PARTITIONS_PER_THREAD = 2
 
 # Set-up DoFn instances of this worker process, by ParDo token, idle ones only:
@@ -139,6 +140,13 @@ def _own_partitions(part, node_token: str) -> list:  # pylint: disable=unused-ar
 def _drain_sink(part) -> list:
   """Runs a sink's partition to the end; only its element count leaves the worker."""
   return [sum(1 for _ in part)]
+
+
+def _read_splits(splits):
+  """Reads a partition of a bounded source's splits, element by element."""
+  for split in splits:
+    tracker = split.source.get_range_tracker(split.start_position, split.stop_position)
+    yield from split.source.read(tracker)
 
 
 def _is_tagged(item, tag) -> bool:
@@ -381,6 +389,22 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     return te.SideInputMap(type(si), si._view_options(),  # pylint: disable=protected-access
                            _ListIterator(values, si._window_mapping_fn))  # pylint: disable=protected-access
 
+  def _own(self, bag):
+    return bag.map_partitions(_own_partitions, uuid.uuid4().hex)
+
+  @staticmethod
+  def _from_sequence(items):
+    import dask.bag as db  # pylint: disable=g-import-not-at-top
+
+    return db.from_sequence(items, partition_size=1)
+
+  def _read(self, source):
+    """beam.io.Read of a bounded source (what ReadFromText expands to): one partition per split."""
+    splits = list(source.split(desired_bundle_size=_READ_BUNDLE_BYTES))
+    if not splits:
+      return self._empty()
+    return self._own(self._from_sequence(splits)).map_partitions(_read_splits)
+
   def _pardo(self, node, input_bag, side_inputs):
     transform = node.transform
     args, kwargs = transform.raw_side_inputs
@@ -401,6 +425,10 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     inputs = [b for b in inputs if b is not None]
     if isinstance(transform, overrides._Reshuffle):  # pylint: disable=protected-access
       bag = self.reshuffle(inputs[0], transform_node.full_label)
+    elif isinstance(transform, overrides._Read):  # pylint: disable=protected-access
+      bag = self._read(transform.source)
+    elif isinstance(transform, beam.Impulse):
+      bag = self._own(self._from_sequence([b""]))
     elif isinstance(transform, overrides._GroupByKeyOnly):  # pylint: disable=protected-access
       bag = self.group_by_key(inputs[0], transform_node.full_label)
     elif transform.__class__ is beam.ParDo:  # not _GroupAlsoByWindow: a no-op here, as in Beam's runner
@@ -413,7 +441,7 @@ class _Visitor(beam.pipeline.PipelineVisitor):
       else:
         bag = op.apply(inputs[0] if inputs else None)
       if isinstance(op, te.Create):
-        bag = bag.map_partitions(_own_partitions, uuid.uuid4().hex)
+        bag = self._own(bag)
     if bag is not None and self._num_readers(transform_node) > 1:
       # A generator can be read once: a partition that several tasks read is a list.
       bag = bag.map_partitions(_as_list)

@@ -58,8 +58,8 @@ print("BENCH_JSON " + json.dumps({{
 
 def _parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--num_images", type=int, default=200, help="images in the zip / loose set of the speed runs")
-  parser.add_argument("--memory_images", type=int, default=100, help="N of the N vs 4N zip memory runs (0 skips)")
+  parser.add_argument("--num_images", type=int, default=600, help="images in the zip / loose set of the speed runs")
+  parser.add_argument("--memory_images", type=int, default=150, help="N of the N vs 4N zip memory runs (0 skips)")
   parser.add_argument("--height_px", type=int, default=520)
   parser.add_argument("--width_px", type=int, default=400)
   parser.add_argument("--image_size_px", type=int, default=128)

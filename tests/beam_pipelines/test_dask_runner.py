@@ -247,3 +247,14 @@ def test_dofns_are_set_up_once_per_worker_and_torn_down_when_the_job_ends(cluste
   assert 1 <= len(setups) <= 2 and teardowns == setups
   with distributed.Client(cluster.scheduler_address) as client:
     assert set(client.run(_idle_dofns).values()) == {0}
+
+
+def test_read_from_text_and_impulse(cluster, tmp_path):
+  """Reads (beam.io.Read of a bounded source, Impulse) are translated, not silently empty."""
+  (out,) = _folders(tmp_path, "out")
+  (tmp_path / "table.csv").write_text("".join(f"{i}\n" for i in range(NUM_ELEMENTS)))
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+    lines = p | beam.io.ReadFromText(str(tmp_path / "table.csv")) | beam.Map(int)
+    more = p | beam.Impulse() | beam.FlatMap(lambda _: range(NUM_ELEMENTS, NUM_ELEMENTS + 5))
+    _ = (lines, more) | beam.Flatten() | beam.Reshuffle() | beam.Map(lambda x, d=out: _write(d, x))
+  assert sorted(e for e, _ in _calls(out)) == list(range(NUM_ELEMENTS + 5))
