@@ -349,10 +349,13 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     token = uuid.uuid4().hex
     split = self.client.map(_split_by_key, parts, num_buckets=num_buckets, key=[
         f"split-{label}-{i}-{token}" for i in range(len(parts))])
-    sizes = [sum(per_part) for per_part in zip(*self.client.gather(self.client.map(_bucket_sizes, split)))]
+    per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [input partition][bucket] -> count
+    sizes = [sum(per_part) for per_part in zip(*per_split)]
     outs = []
     for j, slot in self._deal(sizes):
-      buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}") for i, s in enumerate(split)]
+      # Only the (input partition, bucket) pieces that hold elements become tasks.
+      buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}")
+                 for i, s in enumerate(split) if per_split[i][j]]
       outs.append(self.client.submit(_group_bucket, *buckets, key=f"group-{label}-{j}-{token}", **self._placed(slot)))
     self.held.extend(outs)
     return db.from_delayed(outs)
