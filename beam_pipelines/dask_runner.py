@@ -88,6 +88,33 @@ def _drain(values: list):
       yield v.value
 
 
+class _Stream:
+  """A ParDo's lazy partition: read once where it was made, or turned into a list to travel.
+
+  Dask fuses a chain of ParDos into one task, where this streams. Where the
+  scheduler still keeps a partition as a task result and sends it to another
+  worker, pickling reads the rest of it into a list. Reading it twice in
+  place would silently give the second reader nothing, so it raises.
+  """
+
+  def __init__(self, elements):
+    self._elements = elements
+    self._started = False
+
+  def __iter__(self):
+    if self._started:
+      raise RuntimeError("a streamed Dask partition was read twice")
+    self._started = True
+    return iter(self._elements)
+
+  def __reduce__(self):
+    return list, (list(iter(self)),)
+
+
+def _stream_bundle(items, *args):
+  return _Stream(_run_bundle(items, *args))
+
+
 def _run_bundle(items, token, fn_pickled, window_fn, label, side_inputs, args, kwargs):
   """Runs one partition through a DoFn, yielding outputs as each element produces them.
 
@@ -110,7 +137,7 @@ def _run_bundle(items, token, fn_pickled, window_fn, label, side_inputs, args, k
       invoker.invoke_setup()
     invoker.invoke_start_bundle()
     for item in items:
-      invoker.invoke_process(item)
+      invoker.invoke_process(te.get_windowed_value(item, window_fn))
       yield from _drain(receivers.values)
     invoker.invoke_finish_bundle()
     yield from _drain(receivers.values)
@@ -415,8 +442,9 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
     token = uuid.uuid4().hex
     self.dofn_tokens.append(token)
-    return input_bag.map(te.get_windowed_value, window_fn).map_partitions(
-        _run_bundle, token, pickler.dumps(transform.fn), window_fn, transform.label, side_inputs,
+    # Windowing inside the bundle: a bag.map() between ParDos would make each partition a list again.
+    return input_bag.map_partitions(
+        _stream_bundle, token, pickler.dumps(transform.fn), window_fn, transform.label, side_inputs,
         args, kwargs)
 
   def visit_transform(self, transform_node):

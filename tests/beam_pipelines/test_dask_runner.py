@@ -258,3 +258,46 @@ def test_read_from_text_and_impulse(cluster, tmp_path):
     more = p | beam.Impulse() | beam.FlatMap(lambda _: range(NUM_ELEMENTS, NUM_ELEMENTS + 5))
     _ = (lines, more) | beam.Flatten() | beam.Reshuffle() | beam.Map(lambda x, d=out: _write(d, x))
   assert sorted(e for e, _ in _calls(out)) == list(range(NUM_ELEMENTS + 5))
+
+
+class _StampFn(beam.DoFn):
+  """Records '<step>-<element>' with the time it was processed."""
+
+  def __init__(self, folder: str, step: str):
+    self._folder = folder
+    self._step = step
+
+  def process(self, element):
+    import time  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(self._folder, f"{self._step}-{element}"), "x", encoding="utf-8") as f:
+      f.write(str(time.monotonic_ns()))
+    yield element
+
+
+def test_elements_stream_through_fused_pardos(cluster, tmp_path):
+  """Within one partition the second ParDo sees element 0 before the first has seen the partition's last one.
+
+  50 elements cut by position into 4 partitions (two per worker thread): the first holds 0..11.
+  """
+  (stamps,) = _folders(tmp_path, "stamps")
+  options = _options(cluster, "--dask_partition_size=1000")
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=options) as p:
+    _ = (p
+         | beam.Create(["one archive"])
+         | beam.FlatMap(lambda _: range(50))
+         | beam.Reshuffle()
+         | "First" >> beam.ParDo(_StampFn(stamps, "first"))
+         | "Second" >> beam.ParDo(_StampFn(stamps, "second")))
+  stamp = {name: int((tmp_path / "stamps" / name).read_text()) for name in os.listdir(stamps)}
+  assert len(stamp) == 100
+  assert stamp["second-0"] < stamp["first-11"]
+
+
+def test_a_streamed_partition_travels_as_a_list_and_cannot_be_read_twice():
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  assert pickle.loads(pickle.dumps(dask_runner._Stream(iter(range(3))))) == [0, 1, 2]  # pylint: disable=protected-access
+  stream = dask_runner._Stream(iter(range(3)))  # pylint: disable=protected-access
+  assert list(stream) == [0, 1, 2]
+  with pytest.raises(RuntimeError, match="read twice"):
+    list(stream)
