@@ -21,6 +21,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("plateau", "cosine", "constant")
 LR_SCALINGS = ("sqrt", "linear", "none")
 SYNC_BATCHNORM = ("auto", "true", "false")
+INPUT_SHARDINGS = ("auto", "records", "files")
 
 
 @dataclasses.dataclass
@@ -41,6 +42,13 @@ class DataConfig:
   num_parallel_reads: int = 4  # TFRecord files read concurrently.
   cache_max_bytes: int = 1 << 30  # cache a split in memory only if its files fit.
   max_validation_examples: int = 0  # 0 = the whole validation split.
+  # How training input is divided among input pipelines (one per worker host):
+  # "records" = one global order read by every pipeline (exact resume on any
+  # worker count), "files" = each pipeline reads only its share of the split's
+  # files (reading divided by the pipelines; exact resume only on the same
+  # count), "auto" = files when reading is the cost (see
+  # trainer.input_pipeline.resolve_input_sharding).
+  input_sharding: str = "auto"
 
 
 @dataclasses.dataclass
@@ -272,6 +280,8 @@ def validate(config: ExperimentConfig) -> None:
   need(d.shuffle_buffer >= 1, "data.shuffle_buffer must be >= 1")
   need(d.num_parallel_reads >= 1, "data.num_parallel_reads must be >= 1")
   need(d.max_validation_examples >= 0, "data.max_validation_examples must be >= 0")
+  need(d.input_sharding in INPUT_SHARDINGS,
+       f"data.input_sharding must be one of {INPUT_SHARDINGS}, got {d.input_sharding!r}")
   need(d.config_name.endswith("px") and d.config_name[:-2].isdigit(),
        f"data.config_name must look like '384px', got {d.config_name!r}")
   need("test" not in (d.train_split, d.validation_split),

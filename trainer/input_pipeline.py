@@ -38,6 +38,7 @@ which config validation keeps distinct from `test`.
 import dataclasses
 import os
 
+from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -221,27 +222,10 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
   if global_batch % num_workers:
     raise ValueError(f"data.global_batch_size={global_batch} is not divisible by {num_workers} workers")
   worker_batch = global_batch // num_workers
-  num_examples = int(builder.info.splits[data.train_split].num_examples)
-  start_position = start_step * global_batch
-  first_epoch, skip = divmod(start_position, num_examples)
-
-  records = _read(builder, data.train_split, data)
-
-  def epoch_records(epoch):
-    # A fresh permutation per epoch that depends only on (seed, epoch).
-    epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
-
-    def permute(window_index, window):
-      size = tf.shape(window[ID])[0]
-      order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=tf.stack([epoch_seed, window_index]))
-      return {k: tf.gather(v, order) for k, v in window.items()}
-
-    return records.batch(data.shuffle_buffer).enumerate().map(permute).unbatch()
-
-  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_records)
-  ds = ds.skip(skip).enumerate(start=start_position)
-  # This worker's rows of every global batch, chosen before decoding.
-  ds = ds.filter(lambda index, _: (index % global_batch) // worker_batch == worker)
+  if resolve_input_sharding(builder, data, num_workers) == "files":
+    ds = _file_shard_stream(builder, config, num_workers, worker, worker_batch, start_step)
+  else:
+    ds = _global_stream(builder, config, num_workers, worker, global_batch, start_step)
 
   def parse(index, example):
     image = decode_image(example[IMAGE], image_size_px)
@@ -254,6 +238,136 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
   ds = ds.batch(batch_rows or worker_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_deterministic_options())
+
+
+def resolve_input_sharding(builder, data_config: configs.DataConfig, num_pipelines: int) -> str:
+  """"records" or "files": how the training split is divided among `num_pipelines` input pipelines.
+
+  `auto` picks `files` when there is more than one pipeline, the split is too
+  big for `data.cache_max_bytes` (a cached split is read from files once, so
+  replicated reading costs little and `records` keeps resume exact on any
+  worker count) and it has at least one file per pipeline; otherwise
+  `records`, logging why when it falls back for lack of files.
+
+  Raises:
+    ValueError: `files` was asked for but the split has fewer files than
+      pipelines, or is not stored as TFRecords.
+  """
+  wanted = data_config.input_sharding
+  if wanted == "records" or (wanted == "auto" and (
+      num_pipelines == 1 or _split_bytes(builder, data_config.train_split) <= data_config.cache_max_bytes)):
+    return "records"
+  split = data_config.train_split
+  num_files = len(builder.info.splits[split].shard_lengths)
+  file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+  problem = None
+  if num_files < num_pipelines:
+    problem = f"split {split!r} has {num_files} file(s) for {num_pipelines} input pipelines"
+  elif file_format not in (None, "tfrecord"):
+    problem = f"split {split!r} is stored as {file_format}, not tfrecord"
+  if problem and wanted == "files":
+    raise ValueError(f"data.input_sharding=files: {problem}; use data.input_sharding=records "
+                     "or rebuild the dataset with more files")
+  if problem:
+    logging.warning("data.input_sharding=auto: every input pipeline reads the whole split (records): %s", problem)
+    return "records"
+  return "files"
+
+
+def _global_stream(builder, config, num_workers, worker, global_batch, start_step) -> tf.data.Dataset:
+  """(global position, encoded example) of this worker's rows of the one global order (`records`)."""
+  data, seed = config.data, config.train.seed
+  worker_batch = global_batch // num_workers
+  num_examples = int(builder.info.splits[data.train_split].num_examples)
+  start_position = start_step * global_batch
+  first_epoch, skip = divmod(start_position, num_examples)
+  records = _read(builder, data.train_split, data)
+
+  def epoch_records(epoch):
+    # A fresh permutation per epoch that depends only on (seed, epoch).
+    return _permute_windows(records, data.shuffle_buffer, _epoch_seed(seed, epoch), stream=0, num_streams=1)
+
+  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_records)
+  ds = ds.skip(skip).enumerate(start=start_position)
+  # This worker's rows of every global batch, chosen before decoding.
+  return ds.filter(lambda index, _: (index % global_batch) // worker_batch == worker)
+
+
+def shard_files(builder, split: str, num_pipelines: int, pipeline: int) -> list:
+  """The split's file instructions read by `pipeline` of `num_pipelines` under `files` sharding.
+
+  File i goes to pipeline i % num_pipelines, the rule of TFDS's own
+  `ReadConfig(input_context=...)` sharding; TFDS writes files of near-equal
+  example counts, so shards differ by at most one file.
+  """
+  return builder.info.splits[split].file_instructions[pipeline::num_pipelines]
+
+
+def _file_shard_stream(builder, config, num_workers, worker, worker_batch, start_step) -> tf.data.Dataset:
+  """(global position, encoded example) of this worker's own stream over its files (`files`).
+
+  The worker cycles its own shard: its epoch e reads its files in an order
+  permuted per (seed, e, worker), interleaved, then permuted in windows like
+  the global order. Element k of the stream is row k % worker_batch of the
+  worker's part of global batch k // worker_batch, so it gets the global
+  position that row has under `records` (unique across workers: the
+  augmentation seed). Its position at a step depends only on the step, the
+  worker batch and its shard, so a restart on the same worker count skips
+  encoded records to the exact element.
+  """
+  data, seed = config.data, config.train.seed
+  files = shard_files(builder, data.train_split, num_workers, worker)
+  shard_examples = sum(int(f.take) for f in files)
+  if not shard_examples:
+    raise errors.InputError(str(builder.data_dir), errors.MISSING_FILE,
+                            f"input pipeline {worker} of {num_workers} has no training examples in its files")
+  filenames = tf.constant([os.fspath(f.filename) for f in files])
+  skips = tf.constant([int(f.skip) for f in files], tf.int64)
+  takes = tf.constant([int(f.take) for f in files], tf.int64)
+  features = builder.info.features
+  start_position = start_step * worker_batch
+  first_epoch, skip = divmod(start_position, shard_examples)
+
+  def read_file(filename, skip_records, take_records):
+    return tf.data.TFRecordDataset(filename).skip(skip_records).take(take_records)
+
+  def parse(serialized):
+    return _select(features.deserialize_example(serialized, decoders={schema.IMAGE: tfds.decode.SkipDecoding()}))
+
+  def epoch_records(epoch):
+    epoch_seed = _epoch_seed(seed, epoch)
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=tf.stack([epoch_seed, -1 - worker]))
+    records = tf.data.Dataset.from_tensor_slices(
+        (tf.gather(filenames, order), tf.gather(skips, order), tf.gather(takes, order)))
+    records = records.interleave(read_file, cycle_length=data.num_parallel_reads,
+                                 num_parallel_calls=data.num_parallel_reads, deterministic=True)
+    records = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _permute_windows(records, data.shuffle_buffer, epoch_seed, stream=worker, num_streams=num_workers)
+
+  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_records)
+  ds = ds.skip(skip).enumerate(start=start_position)
+  global_batch = worker_batch * num_workers
+
+  def global_position(k, example):
+    return (k // worker_batch) * global_batch + worker * worker_batch + k % worker_batch, example
+
+  return ds.map(global_position)
+
+
+def _epoch_seed(seed: int, epoch) -> tf.Tensor:
+  return tf.constant(seed, tf.int64) * 1_000_003 + epoch
+
+
+def _permute_windows(records: tf.data.Dataset, window: int, epoch_seed, *, stream: int,
+                     num_streams: int) -> tf.data.Dataset:
+  """Consecutive windows of `window` records, each permuted by a stateless shuffle of (epoch_seed, window, stream)."""
+  def permute(window_index, records_in_window):
+    size = tf.shape(records_in_window[ID])[0]
+    window_seed = tf.stack([epoch_seed, window_index * num_streams + stream])
+    order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=window_seed)
+    return {k: tf.gather(v, order) for k, v in records_in_window.items()}
+
+  return records.batch(window).enumerate().map(permute).unbatch()
 
 
 def eval_steps(num_examples: int, data_config: configs.DataConfig, num_replicas: int) -> int:

@@ -32,8 +32,12 @@ def _examples(labels, size_px, seed, render_hw):
 
 
 def build(data_dir: str, *, size_px: int, num_train: int, num_validation: int, num_test: int, seed: int = 0,
-          render_hw: tuple[int, int] = (260, 200)) -> str:
-  """Writes <data_dir>/rsna_bone_age/<size>px/1.0.0 and returns that directory."""
+          render_hw: tuple[int, int] = (260, 200), num_shards: int | None = None) -> str:
+  """Writes <data_dir>/rsna_bone_age/<size>px/1.0.0 and returns that directory.
+
+  num_shards: TFRecord files per split (None = TFDS's choice by size: one file
+  for a few hundred small phantoms); file-sharded input needs several.
+  """
   labels = phantoms.sample_labels(num_train + num_validation + num_test, seed)
   splits = {"train": labels[:num_train], "validation": labels[num_train:num_train + num_validation],
             "test": labels[num_train + num_validation:]}
@@ -58,5 +62,6 @@ def build(data_dir: str, *, size_px: int, num_train: int, num_validation: int, n
         yield example_id, example
 
   builder = PhantomBoneAge(data_dir=data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir,
+                                                                                    num_shards=num_shards))
   return os.fspath(builder.data_dir)
