@@ -16,17 +16,21 @@ Beam 2.77's DaskRunner translates every transform into a dask bag, and
 
 This runner keeps Beam's translation of Create and Flatten and replaces the
 rest. `Reshuffle`, `GroupByKey` and side inputs are stage boundaries: every
-bag a later transform reads is persisted on the cluster first (so nothing
-upstream runs twice), the input is counted, and it is cut into partitions of
-at most `--dask_partition_size` elements (at least `--dask_npartitions`
-partitions, by default two per worker thread), dealt round-robin over the
-workers' threads: by position for a Reshuffle, by a hash of the key's
-deterministic encoding for a GroupByKey. Between boundaries, ParDos are
-generators fused by dask into one task per partition, so elements stream
-through them; each worker process keeps its set-up DoFn instances for the
-next partition. Only a ParDo with several outputs materialises its
-partition's output (its consumers are separate tasks), which the partition
-size bounds. Use it as `--runner=DaskRunner` through
+PCollection a later transform reads is persisted on the cluster first, in
+one computation (so nothing upstream runs twice), the input is counted, and
+it is cut into partitions of at most `--dask_partition_size` elements (at
+least `--dask_npartitions` partitions, by default two per worker thread):
+by position for a Reshuffle, dealt round-robin over the workers' threads;
+by a hash of the key's deterministic Beam encoding for a GroupByKey, its
+non-empty buckets dealt largest first to the least loaded thread (loose
+restrictions: dask may still move work to an idle worker). Between
+boundaries, ParDos are read-once streams that dask fuses into one task per
+partition, so elements flow through them one by one; each worker process
+keeps its set-up DoFn instances for the next partition and tears them down
+when the job ends. A partition is a list only where several tasks read it
+(a ParDo with several outputs or consumers) and at a boundary; the partition
+size bounds both. Bounded reads (`ReadFromText`) and `Impulse` are
+translated too. Use it as `--runner=DaskRunner` through
 `beam_pipelines.runners`, or as `--runner=beam_pipelines.dask_runner.DaskRunner`.
 """
 
