@@ -4,18 +4,32 @@ Split into a reader (TFDS files, parallel interleaved reads, the image kept
 PNG-encoded, cached in memory when the split fits), a decoder and a parser
 (augmentation), as in tensorflow/models.
 
-Sharded per worker, with exact resume on every worker. The training stream
-is a GLOBAL order of encoded records that is a pure function of the seed:
-epoch e is the split (in its TFDS file order, which TFDS already shuffled
-when it wrote the files) cut into consecutive windows of `shuffle_buffer`
-records, each permuted by a stateless shuffle seeded with (seed, e,
-window); epochs are concatenated and every element is numbered by its
-global position. Worker w of N keeps only the positions that fall into its
-1/N of each global batch (rows [w*B/N, (w+1)*B/N) of every batch of B) and
-only those are decoded and augmented, so decoding work is divided by N.
-What stays replicated is reading, not decoding: every worker reads the split's
-encoded bytes (once when the split fits the cache) and permutes them, which is what keeps one global order without random
-access into TFRecords.
+Two ways to divide training input among input pipelines (one per worker
+host), chosen by `data.input_sharding` (resolve_input_sharding).
+
+`records`: one global order, exact resume on any worker count. The training
+stream is a GLOBAL order of encoded records that is a pure function of the
+seed: epoch e is the split (in its TFDS file order, which TFDS already
+shuffled when it wrote the files) cut into consecutive windows of
+`shuffle_buffer` records, each permuted by a stateless shuffle seeded with
+(seed, e, window); epochs are concatenated and every element is numbered by
+its global position. Worker w of N keeps only the positions that fall into
+its 1/N of each global batch (rows [w*B/N, (w+1)*B/N) of every batch of B)
+and only those are decoded and augmented, so decoding work is divided by N.
+What stays replicated is reading: every worker reads the split's encoded
+bytes (once when the split fits the cache) and permutes them, which is what
+keeps one global order without random access into TFRecords.
+
+`files`: reading divided by N. Worker w reads only its share of the split's
+TFRecord files (file i to worker i % N, TFDS's own input-context rule) and
+cycles them as its own stream: per epoch of its shard, the file order and
+each window are permuted statelessly with (seed, epoch, w). Each step it
+takes its rows of the global batch from its own stream. Its position at
+step s is s * B/N in that stream, so resume on the SAME worker count is
+exact; on another count the shards, hence the data order, change. Shards
+differ by up to one file, so workers start their epochs at different steps:
+a "training epoch" (train.epochs) is steps, not one pass over every record.
+This stream is never cached (it serves splits too big to cache).
 
 Why not checkpoint the tf.data iterator: only the chief's checkpoint
 survives (chief-only writes) and a sharded iterator's state (prefetched,
@@ -23,10 +37,11 @@ already decoded rows) belongs to one worker. Instead the position is the
 checkpointed global step: a worker that restores step s rebuilds the
 stream at element s*B by starting at epoch s*B // num_examples and
 skipping the rest (less than one epoch) on ENCODED records, before any
-decoding. The checkpoint also gets smaller (no shuffle buffer in it). The
-same rule serves every strategy: one worker (default, mirrored, TPU) is
-the N=1 case, and the stream, hence training, does not depend on the
-worker count. The permutation is stateless on purpose: tf.data's `shuffle`
+decoding (with `files`, the same on the worker's own stream). The
+checkpoint also gets smaller (no shuffle buffer in it). The same rule
+serves every strategy: one worker (default, mirrored, TPU) is the N=1
+case, and with `records` the stream, hence training, does not depend on
+the worker count. The permutation is stateless on purpose: tf.data's `shuffle`
 mixes the process-wide global seed into its seed (and, with a per-epoch
 seed tensor, fails outright when that global seed is 0), so the order would
 depend on what else ran in the process.
@@ -197,7 +212,9 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
       workers (0 = per_replica_batch_size x the context's replicas).
     image_size_px: the dataset's image size.
     start_step: global batches already consumed (the restored step): the
-      stream starts at element start_step * global_batch_size.
+      stream starts at element start_step * global_batch_size of the global
+      order (`records`) or start_step * worker batch of this worker's own
+      stream (`files`).
     input_context: which worker this is (input_pipeline_id of
       num_input_pipelines); None = the only one.
     batch_rows: rows per yielded batch; default this worker's whole share.
@@ -212,8 +229,14 @@ def train_dataset(builder, config: configs.ExperimentConfig, image_size_px: int,
     Batches of global_batch_size / num_input_pipelines rows: image (b, S, S, 1)
     uint8, male (b,) float32, boneage_months (b,) float32, age_group (b,)
     int32, id (b,) string, index (b,) int64 (the global position of the
-    example in the stream: the augmentation seed and what the batch log
-    records). Deterministic given the seed.
+    row: step x global batch + its row in the global batch; the augmentation
+    seed and what the batch log records). Deterministic given the seed (and,
+    with `files`, the worker count).
+
+  Raises:
+    ValueError: the global batch does not divide by the workers.
+    InputError: `files` was asked for on a split with fewer files than
+      workers.
   """
   data = config.data
   seed = config.train.seed
@@ -250,8 +273,8 @@ def resolve_input_sharding(builder, data_config: configs.DataConfig, num_pipelin
   `records`, logging why when it falls back for lack of files.
 
   Raises:
-    ValueError: `files` was asked for but the split has fewer files than
-      pipelines, or is not stored as TFRecords.
+    InputError: `files` was asked for but the split has fewer files than
+      pipelines, or is not stored as TFRecords (boneage-train exits 2).
   """
   wanted = data_config.input_sharding
   if wanted == "records" or (wanted == "auto" and (
@@ -260,14 +283,14 @@ def resolve_input_sharding(builder, data_config: configs.DataConfig, num_pipelin
   split = data_config.train_split
   num_files = len(builder.info.splits[split].shard_lengths)
   file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
-  problem = None
+  problem, reason = None, None
   if num_files < num_pipelines:
-    problem = f"split {split!r} has {num_files} file(s) for {num_pipelines} input pipelines"
+    problem, reason = f"split {split!r} has {num_files} file(s) for {num_pipelines} input pipelines", errors.MISSING_FILE
   elif file_format not in (None, "tfrecord"):
-    problem = f"split {split!r} is stored as {file_format}, not tfrecord"
+    problem, reason = f"split {split!r} is stored as {file_format}, not tfrecord", errors.UNSUPPORTED_FORMAT
   if problem and wanted == "files":
-    raise ValueError(f"data.input_sharding=files: {problem}; use data.input_sharding=records "
-                     "or rebuild the dataset with more files")
+    raise errors.InputError(str(builder.data_dir), reason, f"data.input_sharding=files: {problem}; use "
+                            "data.input_sharding=records or rebuild the dataset with more files")
   if problem:
     logging.warning("data.input_sharding=auto: every input pipeline reads the whole split (records): %s", problem)
     return "records"

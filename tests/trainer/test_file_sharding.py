@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from bone_age import errors
 from trainer import configs
 from trainer import experiments
 from trainer import input_pipeline as ip
@@ -121,8 +122,10 @@ def test_files_with_fewer_files_than_pipelines_is_a_clear_error(sharded_data_dir
   builder = ip.load_builder(str(sharded_data_dir), config.data)
   cfg = experiments.resolve("demo_cpu", ["data.config_name=64px", "data.global_batch_size=12",
                                          "data.input_sharding=files"])
-  with pytest.raises(ValueError, match=r"input_sharding=files: split 'train' has 5 file\(s\) for 6 input pipelines"):
+  with pytest.raises(errors.InputError, match=r"input_sharding=files: split 'train' has 5 file\(s\) for 6 input pipe"
+                     ) as raised:
     ip.train_dataset(builder, cfg, 64, input_context=context(0, num_pipelines=6))
+  assert raised.value.reason == errors.MISSING_FILE and str(sharded_data_dir) in raised.value.source
 
 
 def test_an_unknown_sharding_is_rejected_by_config_validation():
