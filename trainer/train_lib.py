@@ -119,6 +119,24 @@ def strict_json(value):
   return value
 
 
+def _warn_if_resume_is_not_exact(model_dir: str, config: configs.ExperimentConfig, input_sharding: str) -> None:
+  """Warns when a run resumes with `files` input sharding on another replica count.
+
+  With `files` each worker's order depends on how the files are divided, so
+  the stream after a restart on a different worker count is not the one the
+  checkpoint was trained on (see trainer/README.md, "Input per host").
+  """
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if input_sharding != "files" or not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    previous = json.loads(f.read()).get("runtime", {}).get("num_replicas")
+  if previous is not None and previous != config.runtime.num_replicas:
+    logging.warning("resuming on %d replicas a run that trained on %d with data.input_sharding=files: training "
+                    "goes on, but the input order after the restart differs from an uninterrupted run",
+                    config.runtime.num_replicas, previous)
+
+
 class Trainer:
   """Builds everything for one run and drives the loop; see train_and_evaluate."""
 
@@ -144,6 +162,8 @@ class Trainer:
     self.logical_cpus = len(local_devices) > 1 and all("CPU" in d.upper() for d in local_devices)
     self.config = config = resolve_schedule(config, self.facts.num_train_examples)
     self.num_groups = len(self.facts.age_group_edges_months) + 1
+    num_pipelines = distribution.input_context(self.strategy).num_input_pipelines
+    _warn_if_resume_is_not_exact(model_dir, config, ip.resolve_input_sharding(self.builder, config.data, num_pipelines))
     if self.chief:
       tf.io.gfile.makedirs(model_dir)
       with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:

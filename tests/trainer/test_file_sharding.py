@@ -178,3 +178,20 @@ def test_two_workers_train_identically_on_file_sharded_input(sharded_data_dir, t
       assert indices == list(range(8 * (step - 1) + 4 * worker, 8 * (step - 1) + 4 * worker + 4))
       assert ids == [i.decode() for i in batch[ip.ID].numpy()]
     assert {i.encode() for _, _, ids in rows for i in ids} <= tfds_shard_ids(builder, worker)
+
+
+def test_resuming_file_sharded_input_on_another_replica_count_warns(tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  from trainer import configs  # pylint: disable=g-import-not-at-top
+  from trainer import train_lib  # pylint: disable=g-import-not-at-top
+
+  previous = configs.ExperimentConfig()
+  previous.runtime.num_replicas = 2
+  (tmp_path / train_lib.CONFIG_FILE).write_text(configs.to_json(previous))
+  now = configs.ExperimentConfig()
+  now.runtime.num_replicas = 4
+  with caplog.at_level(logging.WARNING):
+    train_lib._warn_if_resume_is_not_exact(str(tmp_path), now, "records")  # pylint: disable=protected-access
+    assert not caplog.records, "records order does not depend on the worker count"
+    train_lib._warn_if_resume_is_not_exact(str(tmp_path), now, "files")  # pylint: disable=protected-access
+  assert any("on 4 replicas" in r.getMessage() and "trained on 2" in r.getMessage() for r in caplog.records)
