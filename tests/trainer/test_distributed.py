@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from trainer import experiments
+from trainer_hooks import read_batch_log  # tests/trainer is on sys.path (conftest)
 from trainer import input_pipeline as ip
 
 OVERRIDES = ("train.train_steps=6", "train.eval_every_steps=3")
@@ -46,14 +47,6 @@ def test_mirrored_on_two_logical_cpus_keeps_replicas_identical(phantom_data_dir,
     np.testing.assert_array_equal(weights[key], weights[key.split("/", 1)[1]], err_msg=key)
   assert (model_dir / "checkpoints" / "ckpt-6.index").exists()
   assert (model_dir / "export" / "export_metadata.json").exists()
-
-
-def read_batch_log(path) -> list[tuple[int, list[int], list[str]]]:
-  rows = []
-  for line in path.read_text().splitlines():
-    step, indices, ids = line.split("\t")
-    rows.append((int(step), [int(i) for i in indices.split(",")], ids.split(",")))
-  return rows
 
 
 def single_process_validation(data_dir, model_dir, trainer_helpers) -> dict:

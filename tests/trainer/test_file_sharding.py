@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from bone_age import errors
 from trainer import configs
 from trainer import experiments
+from trainer_hooks import read_batch_log  # tests/trainer is on sys.path (conftest)
 from trainer import input_pipeline as ip
 
 NUM_FILES = 5
@@ -131,14 +132,6 @@ def test_files_with_fewer_files_than_pipelines_is_a_clear_error(sharded_data_dir
 def test_an_unknown_sharding_is_rejected_by_config_validation():
   with pytest.raises(ValueError, match="data.input_sharding must be one of"):
     experiments.resolve("demo_cpu", ["data.input_sharding=hosts"])
-
-
-def read_batch_log(path) -> list[tuple[int, list[int], list[str]]]:
-  rows = []
-  for line in path.read_text().splitlines():
-    step, indices, ids = line.split("\t")
-    rows.append((int(step), [int(i) for i in indices.split(",")], ids.split(",")))
-  return rows
 
 
 def load(path):

@@ -37,6 +37,15 @@ class BatchLog(train_lib.Callback):
         f.write(f"{step}\t{','.join(str(i) for i in positions)}\t{','.join(ids)}\n")
 
 
+
+def read_batch_log(path) -> list[tuple[int, list[int], list[str]]]:
+  """BatchLog's file -> [(step, positions, ids)]."""
+  rows = []
+  for line in pathlib.Path(path).read_text().splitlines():
+    step, positions, ids = line.split("\t")
+    rows.append((int(step), [int(i) for i in positions.split(",")], ids.split(",")))
+  return rows
+
 class WorkerWeights(train_lib.Callback):
   """At the end, every worker saves every variable (each local replica's copy) as <dir>/<task>_<id>.npz.
 
