@@ -31,10 +31,15 @@ def _predictions(out):
   return {(r["id"], r["sex"]): (r["boneage_months"], r["age_group"], r["overlay_path"]) for r in out["predictions"]}
 
 
+# Summary fields that name this run or its worker processes, not what was scored.
+_RUN_SPECIFIC = ("output_dir", "run_id", "run_dir", "started", "finished", "scored_per_worker")
+
+
 def _compare(expected, actual):
   assert actual["summary"]["accounted"]
-  assert {k: v for k, v in actual["summary"].items() if k != "output_dir"} == {
-      k: v for k, v in expected["summary"].items() if k != "output_dir"}
+  assert sum(actual["summary"]["scored_per_worker"].values()) == actual["summary"]["scored"]
+  assert {k: v for k, v in actual["summary"].items() if k not in _RUN_SPECIFIC} == {
+      k: v for k, v in expected["summary"].items() if k not in _RUN_SPECIFIC}
   assert sorted(actual["rejects"], key=str) == sorted(expected["rejects"], key=str)
   got, want = _predictions(actual), _predictions(expected)
   assert got.keys() == want.keys()
