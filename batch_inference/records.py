@@ -103,9 +103,9 @@ class FinishPredictionFn(beam.DoFn):
   runs fused with RunInference, so the id is the process that ran the model.
   """
 
-  def __init__(self, staging_dir: str, group_names: list[str]):
+  def __init__(self, run_dir: str, group_names: list[str]):
     super().__init__()
-    self._staging_dir = staging_dir
+    self._run_dir = run_dir
     self._group_names = list(group_names)
     self._scored = beam.metrics.Metrics.counter("boneage", "scored")
 
@@ -117,7 +117,7 @@ class FinishPredictionFn(beam.DoFn):
       name = overlays.overlay_file_name(key.id, key.source, key.suffix)
       heat = overlays.heatmap_on_original(key.transform, inference.heatmap, key.overlay_original.shape)
       caption = f"BA {row['boneage']} ({row['sex']}, {row['sex_source']})"
-      overlays.write_png(posixpath.join(self._staging_dir, overlays.OVERLAYS_DIR, name),
+      overlays.write_png(posixpath.join(self._run_dir, overlays.OVERLAYS_DIR, name),
                          overlays.render(key.overlay_original, heat, caption))
       row["overlay_path"] = f"{overlays.OVERLAYS_DIR}/{name}"
     self._scored.inc()

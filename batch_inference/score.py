@@ -64,8 +64,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       "--inputs.", flag_values=fv)
   flags.DEFINE_boolean("allow_empty_patterns", False, "An --inputs pattern that matches no file becomes a "
                        "missing_file reject instead of a usage error (exit 2).", flag_values=fv)
-  flags.DEFINE_string("output_dir", None, "Where predictions.csv/.jsonl, rejects.jsonl, summary.json and overlays/ "
-                      "go; a rerun replaces them.", flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "Each run writes runs/<run id>/ here (prediction and reject shards, "
+                      "overlays/, summary.json, manifest.json); LATEST names the newest complete run.", flag_values=fv)
   flags.DEFINE_string("metadata_csv", None, "CSV id,male[,chronological_age_months]; wins over DICOM tags.",
                       flag_values=fv)
   flags.DEFINE_boolean("gradcam", False, "Write a Grad-CAM overlay per image (regression head, the image's own sex).",
