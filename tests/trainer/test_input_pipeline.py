@@ -96,6 +96,13 @@ def test_eval_dataset_reads_validation_once_and_never_test(phantom_data_dir, con
   builder = ip.load_builder(str(copy), config.data)
   ids = np.concatenate([b[ip.ID].numpy() for b in ip.eval_dataset(builder, config, 64)])
   assert len(ids) == 32 and len(set(ids)) == 32  # 32 examples fill one batch of 32: no padding
+  next(iter(ip.train_dataset(builder, config, 64)))
+  with pytest.raises(ValueError, match="never reads the test split"):
+    ip.eval_dataset(builder, config, 64, split="test")
+
+
+def config_overrides(config):
+  return [f"data.config_name={config.data.config_name}", f"data.global_batch_size={config.data.global_batch_size}"]
 
 
 def test_eval_shards_are_padded_to_whole_batches_and_cover_the_split_once(phantom_data_dir, config):
@@ -111,9 +118,3 @@ def test_eval_shards_are_padded_to_whole_batches_and_cover_the_split_once(phanto
   assert len(real) == 32 and len(set(real)) == 32 and (rows[ip.WEIGHT] == 0).sum() == 8
   assert set(rows[ip.ID][rows[ip.WEIGHT] == 0]) == {b""}
 
-
-def config_overrides(config):
-  return [f"data.config_name={config.data.config_name}", f"data.global_batch_size={config.data.global_batch_size}"]
-  next(iter(ip.train_dataset(builder, config, 64)))
-  with pytest.raises(ValueError, match="never reads the test split"):
-    ip.eval_dataset(builder, config, 64, split="test")
