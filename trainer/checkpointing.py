@@ -122,8 +122,6 @@ class PreemptionWatcher:
   if only one was signalled.
   """
 
-  PREEMPTED_EXIT_CODE = PREEMPTED_EXIT_CODE
-
   def __init__(self):
     self.requested = False
     self._previous = None

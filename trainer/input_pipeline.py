@@ -7,7 +7,8 @@ PNG-encoded, cached in memory when the split fits), a decoder and a parser
 Two ways to divide training input among input pipelines (one per worker
 host), chosen by `data.input_sharding` (resolve_input_sharding).
 
-`records`: one global order, exact resume on any worker count. The training
+`records`: one global order, exact resume on any worker count (with a fixed
+`data.global_batch_size`). The training
 stream is a GLOBAL order of encoded records that is a pure function of the
 seed: epoch e is the split (in its TFDS file order, which TFDS already
 shuffled when it wrote the files) cut into consecutive windows of

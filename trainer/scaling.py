@@ -41,7 +41,7 @@ from trainer import configs
 # steeply below 16 images per worker; Peng et al. 2018, MegDet, synchronise
 # BatchNorm for that reason). At or above it, per-replica statistics are
 # good enough and synchronising costs one all-reduce per BatchNorm layer per
-# forward pass (over a hundred for Xception), slow across nodes.
+# forward pass (about forty for Xception), slow across nodes.
 SYNC_BATCHNORM_BELOW = 16
 
 
