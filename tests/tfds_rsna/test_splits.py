@@ -55,10 +55,6 @@ def test_bad_fractions_raise(validation, test):
     splits.assign_splits(_rows(10), validation_fraction=validation, test_fraction=test)
 
 
-def _as_dict(id_split_pairs):
-  return dict(id_split_pairs)
-
-
 def _equals(expected):
   def check(actual):
     (got,) = actual
@@ -84,5 +80,5 @@ def test_the_beam_split_equals_assign_splits():
                 | labeled_images.AssignHashedSplits(validation_fraction=0.2, test_fraction=0.1, num_strata_groups=3)
                 | beam.Map(lambda r: (r.id, r.split))
                 | beam.combiners.ToList()
-                | beam.Map(_as_dict))
+                | beam.Map(dict))
     assert_that(assigned, _equals(expected))

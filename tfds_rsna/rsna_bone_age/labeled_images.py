@@ -22,6 +22,8 @@ import json
 import posixpath
 
 import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from bone_age import age_groups
@@ -47,6 +49,16 @@ def ages_from_counts(age_counts) -> np.ndarray:
 
 def _age(row: labels_lib.LabelRow) -> float:
   return row.boneage_months
+
+
+class _AgeCounts(beam.PTransform):
+  """LabelRows -> a single list of (age in months, number of rows with that age)."""
+
+  def expand(self, rows):
+    return (rows
+            | "Ages" >> beam.Map(_age)
+            | "CountAges" >> beam.combiners.Count.PerElement()
+            | "Gather" >> beam.combiners.ToList())
 
 
 def _strata_edges(age_counts, num_groups: int) -> list[float]:
@@ -90,9 +102,7 @@ class AssignHashedSplits(beam.PTransform):
 
   def expand(self, rows):
     edges = (rows
-             | "Ages" >> beam.Map(_age)
-             | "CountAges" >> beam.combiners.Count.PerElement()
-             | "GatherAgeCounts" >> beam.combiners.ToList()
+             | "AgeCounts" >> _AgeCounts()
              | "StrataEdges" >> beam.Map(_strata_edges, self._num_strata_groups))
     keyed = rows | "KeyByStratum" >> beam.Map(_key_by_stratum, edges=beam.pvalue.AsSingleton(edges))
     quotas = (keyed
@@ -164,7 +174,6 @@ class JoinLabelsAndImagesFn(beam.DoFn):
 
 def write_facts(path: str, edges, rows_read: int, image_files_without_label: int) -> str:
   """Writes the facts the dataset metadata needs (see `FACTS_FILE`)."""
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   facts = {"age_group_edges_months": list(edges), "rows_read": int(rows_read),
            "image_files_without_label": int(image_files_without_label)}
   with FileSystems.create(path) as f:
@@ -201,9 +210,6 @@ class LabeledImages(beam.PTransform):
     self._facts_path = str(facts_path)
 
   def expand(self, pbegin):
-    from apache_beam.io import fileio  # pylint: disable=g-import-not-at-top
-    from apache_beam.io.fileio import EmptyMatchTreatment  # pylint: disable=g-import-not-at-top
-
     labels = pbegin | "ReadLabelTables" >> labels_lib.ReadLabelTables(self._tables)
     rows = labels["rows"]
     if not self._split_rule.official:
@@ -212,13 +218,11 @@ class LabeledImages(beam.PTransform):
           num_strata_groups=self._split_rule.num_strata_groups)
     edges = (rows
              | "TrainingRows" >> beam.Filter(_is_training)
-             | "TrainingAges" >> beam.Map(_age)
-             | "CountTrainingAges" >> beam.combiners.Count.PerElement()
-             | "GatherTrainingAges" >> beam.combiners.ToList()
+             | "TrainingAgeCounts" >> _AgeCounts()
              | "AgeGroupEdges" >> beam.Map(training_edges, self._num_age_groups))
     images = (pbegin
               | "ListImages" >> fileio.MatchFiles(f"{self._image_root}/**",
-                                                  empty_match_treatment=EmptyMatchTreatment.ALLOW)
+                                                  empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
               | "ImagePaths" >> beam.Map(_metadata_path)
               | "KeyImagesByStem" >> beam.FlatMap(stem_and_path))
     joined = (
