@@ -70,8 +70,8 @@ def visible_gpu_count() -> int:
   return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def enable_gpu_memory_growth() -> int:
-  """Turns on memory growth for every visible GPU; returns how many there are.
+def enable_gpu_memory_growth() -> None:
+  """Turns on memory growth for every visible GPU.
 
   Must run before TensorFlow first uses a GPU in this process.
   """
@@ -83,7 +83,6 @@ def enable_gpu_memory_growth() -> int:
       tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError as e:  # the GPU was already initialised in this process
       logging.warning("cannot turn on memory growth for %s: %s", gpu.name, e)
-  return len(gpus)
 
 
 class LoadedScorer:
@@ -134,15 +133,12 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
 
   def share_model_across_processes(self) -> bool:
     # Called on the worker when RunInference sets up, so the GPU check sees
-    # the worker's hardware, not the launching machine's.
+    # the worker's hardware, not the launching machine's. Beam's default of one
+    # shared copy fits the Dataflow GPU recipe (one GPU per worker): one copy
+    # per GPU would need each copy pinned to its own device.
     if self._share_model is None:
       return visible_gpu_count() > 0
     return self._share_model
-
-  def model_copies(self) -> int:
-    # One copy per GPU would need each copy pinned to its own device; the
-    # Dataflow GPU recipe attaches one GPU per worker.
-    return 1
 
   def load_model(self) -> LoadedScorer:
     from bone_age import export  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator
 
 import apache_beam as beam
+from apache_beam import coders
 
 from beam_pipelines import labels
 from beam_pipelines import rejects
@@ -208,7 +209,6 @@ class JoinMetadata(beam.PTransform):
     keyed = refs | "KeyById" >> beam.Map(lambda r: (r.example_id, r))
     inputs = {"refs": keyed}
     if self._csv:
-      from apache_beam import coders  # pylint: disable=g-import-not-at-top
       inputs["rows"] = (refs.pipeline
                         | "ReadMetadataCsv" >> beam.io.ReadFromText(self._csv, skip_header_lines=1,
                                                                     coder=coders.BytesCoder())

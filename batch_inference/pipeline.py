@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.ml.inference import base as ml_base
 
 from beam_pipelines import rejects
@@ -64,8 +65,6 @@ class DecodeWithMetadataFn(transforms.DecodeLetterboxFn):
 
 def _patterns(pipeline, config):
   """--inputs patterns and --inputs_manifest lines as one PCollection of patterns."""
-  from apache_beam import coders  # pylint: disable=g-import-not-at-top
-
   listed = pipeline | "Patterns" >> beam.Create(list(config.inputs))
   if not config.inputs_manifest:
     return listed

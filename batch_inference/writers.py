@@ -28,6 +28,7 @@ import apache_beam as beam
 from bone_age import errors
 from batch_inference import overlays
 from batch_inference import patients
+from batch_inference import runs
 
 PREDICTIONS_PREFIX = "predictions"
 REJECTS_PREFIX = "rejects"
@@ -43,11 +44,6 @@ BASE_COLUMNS = (
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
-
-
-def _join(*parts: str) -> str:
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-  return FileSystems.join(*parts)
 
 
 def csv_columns(group_names: list[str]) -> list[str]:
@@ -81,7 +77,7 @@ class WritePredictions(beam.PTransform):
 
   def __init__(self, run_dir: str, group_names: list[str]):
     super().__init__()
-    self._prefix = _join(run_dir, PREDICTIONS_PREFIX)
+    self._prefix = runs.join(run_dir, PREDICTIONS_PREFIX)
     self._group_names = list(group_names)
 
   def expand(self, rows):
@@ -100,7 +96,7 @@ class WriteRejects(beam.PTransform):
 
   def __init__(self, run_dir: str):
     super().__init__()
-    self._prefix = _join(run_dir, REJECTS_PREFIX)
+    self._prefix = runs.join(run_dir, REJECTS_PREFIX)
 
   def expand(self, records):
     return (records
@@ -186,10 +182,7 @@ def _row_item(row: dict) -> tuple:
 
 
 def _write_counts(counts: dict, path: str) -> dict:
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-
-  with FileSystems.create(path) as f:
-    f.write((json.dumps(counts, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+  runs.write_text(path, json.dumps(counts, indent=2, sort_keys=True) + "\n")
   return counts
 
 
@@ -198,12 +191,12 @@ class WriteCounts(beam.PTransform):
 
   Takes a dict of PCollections: `rows` (prediction rows), `rejects`
   (rejects records), `read` (ints: inputs read per file or pattern) and
-  optionally `worker` ((worker id, images scored) pairs).
+  `worker` ((worker id, images scored) pairs).
   """
 
   def __init__(self, run_dir: str):
     super().__init__()
-    self._path = _join(run_dir, COUNTS_JSON)
+    self._path = runs.join(run_dir, COUNTS_JSON)
 
   def expand(self, pcolls):
     tags = {"rows": _row_item, "rejects": lambda r: (_REJECT, r["reason"]), "read": lambda n: (_READ, n),
@@ -214,7 +207,7 @@ class WriteCounts(beam.PTransform):
     tallies = [pcolls[name]
                | f"Tag_{name}" >> beam.Map(tags[name])
                | f"Tally_{name}" >> beam.CombineGlobally(_TallyFn())
-               for name in ("rows", "rejects", "read", "worker") if pcolls.get(name) is not None]
+               for name in ("rows", "rejects", "read", "worker")]
     return (tallies
             | "FlattenTallies" >> beam.Flatten()
             | "Count" >> beam.CombineGlobally(CountOutputsFn())
@@ -231,7 +224,7 @@ def delete_loser_overlays(record: dict, run_dir: str) -> int:
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
   names = [overlays.overlay_file_name(record["id"], record["source"], suffix) for suffix in ("", "-M", "-F")]
-  paths = [_join(run_dir, overlays.OVERLAYS_DIR, name) for name in names]
+  paths = [runs.join(run_dir, overlays.OVERLAYS_DIR, name) for name in names]
   present = [p for p in paths if FileSystems.exists(p)]
   if present:
     FileSystems.delete(present)
@@ -260,8 +253,5 @@ def write_outputs(scored, run_dir: str, group_names: list[str], gradcam: bool):
     _ = (all_rejects
          | "DuplicateIdLosers" >> beam.Filter(lambda r: r["reason"] == errors.DUPLICATE_ID and r.get("id") is not None)
          | "DeleteLoserOverlays" >> beam.Map(delete_loser_overlays, run_dir=run_dir))
-  counted = {"rows": scored.rows, "rejects": all_rejects, "read": tallies}
-  worker_tallies = getattr(scored, "worker_tallies", None)  # absent from scoring graphs that do not tally workers
-  if worker_tallies is not None:
-    counted["worker"] = worker_tallies
+  counted = {"rows": scored.rows, "rejects": all_rejects, "read": tallies, "worker": scored.worker_tallies}
   return counted | "WriteCounts" >> WriteCounts(run_dir)

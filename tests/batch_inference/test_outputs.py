@@ -14,6 +14,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing import test_pipeline
 
+from batch_inference import pipeline as scoring
 from batch_inference import results
 from batch_inference import runs
 from batch_inference import score
@@ -28,13 +29,11 @@ def _row(example_id: str, sex: str = "M", sex_source: str = "csv", overlay: bool
           "overlay_path": f"overlays/{example_id}.png" if overlay else None}
 
 
-class _Scored:
-  def __init__(self, pipeline, rows, rejects, tallies, worker_tallies=None):
-    self.rows = pipeline | "Rows" >> beam.Create(rows)
-    self.rejects = [pipeline | "Rejects" >> beam.Create(rejects)]
-    self.tallies = [pipeline | "Tallies" >> beam.Create(tallies)]
-    if worker_tallies is not None:
-      self.worker_tallies = pipeline | "Workers" >> beam.Create(worker_tallies)
+def _scored(pipeline, rows, rejects, tallies, worker_tallies=()) -> scoring.ScoredRows:
+  return scoring.ScoredRows(
+      rows=pipeline | "Rows" >> beam.Create(rows), rejects=[pipeline | "Rejects" >> beam.Create(rejects)],
+      tallies=[pipeline | "Tallies" >> beam.Create(tallies)],
+      worker_tallies=pipeline | "Workers" >> beam.Create(list(worker_tallies)))
 
 
 def test_writers_count_inside_the_pipeline(tmp_path):
@@ -43,7 +42,7 @@ def test_writers_count_inside_the_pipeline(tmp_path):
   rejects = [{"id": "5", "source": "/in/5.png", "reason": "truncated", "detail": "x"},
              {"id": None, "source": "/gone/*.png", "reason": "missing_file", "detail": "y"}]
   with test_pipeline.TestPipeline() as pipeline:
-    scored = _Scored(pipeline, rows, rejects, [4, 2], worker_tallies=[("w1", 3), ("w2", 1), ("w1", 1)])
+    scored = _scored(pipeline, rows, rejects, [4, 2], worker_tallies=[("w1", 3), ("w2", 1), ("w1", 1)])
     writers.write_outputs(scored, str(tmp_path), ["a", "b"], gradcam=False)
   counts = json.loads((tmp_path / writers.COUNTS_JSON).read_text())
   assert counts == {
@@ -62,7 +61,7 @@ def test_writers_count_inside_the_pipeline(tmp_path):
 
 def test_writers_write_empty_shards_when_nothing_was_scored(tmp_path):
   with test_pipeline.TestPipeline() as pipeline:
-    writers.write_outputs(_Scored(pipeline, [], [], []), str(tmp_path), ["a"], gradcam=True)
+    writers.write_outputs(_scored(pipeline, [], [], []), str(tmp_path), ["a"], gradcam=True)
   assert json.loads((tmp_path / writers.COUNTS_JSON).read_text())["read"] == 0
   [csv_shard] = tmp_path.glob("predictions-*.csv")
   assert csv_shard.read_text().splitlines() == [",".join(writers.csv_columns(["a"]))]

@@ -71,8 +71,8 @@ MAX_BUSIEST_SHARE = 0.65
 # Work done twice (every image decoded and scored by more than one worker) costs
 # 2x or more. Two busy processes on two shared cores (the test suite runs
 # beside other tests) also cost more CPU-seconds per image than one, so the
-# bound here sits between the two; the benchmark (benchmarks/bench_score_scale.py)
-# measures the 1.5x target on a quiet machine.
+# bound here sits between the two; benchmarks/bench_score_scale.py reports the
+# ratio on a quiet machine (the README compares it with the 1.5x).
 MAX_CPU_OVER_DIRECT = 1.9
 IMAGE_HEIGHT_PX, IMAGE_WIDTH_PX = 1040, 800
 MODEL_SIZE_PX = 192

@@ -15,9 +15,10 @@ import pytest
 ROWS_PER_CHUNK = 10_000
 
 _CHILD = r"""
-import json, resource, sys, types
+import json, resource, sys
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import fn_runner
+from batch_inference import pipeline as scoring
 from batch_inference import writers
 
 num_rows, rows_per_chunk, run_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -39,10 +40,11 @@ def rejects_of(chunk):
 
 with beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline:
   chunks = pipeline | beam.Create(list(range((num_rows + rows_per_chunk - 1) // rows_per_chunk)))
-  scored = types.SimpleNamespace(
+  scored = scoring.ScoredRows(
       rows=chunks | "Rows" >> beam.FlatMap(rows_of),
       rejects=[chunks | "Rejects" >> beam.FlatMap(rejects_of)],
-      tallies=[chunks | "Tallies" >> beam.Map(lambda c: min(rows_per_chunk, num_rows - c * rows_per_chunk) + (c % 10 == 0))])
+      tallies=[chunks | "Tallies" >> beam.Map(lambda c: min(rows_per_chunk, num_rows - c * rows_per_chunk) + (c % 10 == 0))],
+      worker_tallies=chunks | "Workers" >> beam.Map(lambda c: ("worker", min(rows_per_chunk, num_rows - c * rows_per_chunk))))
   writers.write_outputs(scored, run_dir, GROUPS, gradcam=False)
 print("MEMORY_JSON " + json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
