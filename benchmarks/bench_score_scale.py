@@ -39,7 +39,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DASK_RUNNER = "beam_pipelines.dask_runner.DaskRunner"
+from bench_score import ensure_export  # pylint: disable=g-import-not-at-top,wrong-import-position  (beside this file)
+from beam_pipelines.runners import DASK_RUNNER  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 STEADY_FROM, STEADY_TO = 0.2, 0.9  # fractions of the images done: the steady-state window
 
 _CHILD = """
@@ -85,18 +87,6 @@ def ensure_inputs(root: pathlib.Path, num_images: int, args) -> dict:
     archive.with_suffix(".tmp").rename(archive)
   return {"zip": str(archive), "loose": str(data_dir / "images" / "*.png"), "labels": str(data_dir / "labels.csv"),
           "images": num_images}
-
-
-def ensure_export(root: pathlib.Path, args) -> pathlib.Path:
-  from bone_age import export  # pylint: disable=g-import-not-at-top
-  from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
-
-  export_dir = root / f"export_{args.backbone}_{args.image_size_px}"
-  if not (export_dir / export.EXPORT_METADATA_FILE).exists():
-    model = ba_model.build_model(image_size_px=args.image_size_px, age_group_edges_months=[113.0, 150.0],
-                                 backbone=args.backbone, weights=None)
-    export.save_export(model, str(export_dir), {"backbone": args.backbone, "dataset_version": "bench-phantoms"})
-  return export_dir
 
 
 def _worker_cpu_s() -> float:
