@@ -163,7 +163,10 @@ class Trainer:
     self.config = config = resolve_schedule(config, self.facts.num_train_examples)
     self.num_groups = len(self.facts.age_group_edges_months) + 1
     num_pipelines = distribution.input_context(self.strategy).num_input_pipelines
-    _warn_if_resume_is_not_exact(model_dir, config, ip.resolve_input_sharding(self.builder, config.data, num_pipelines))
+    sharding = ip.resolve_input_sharding(self.builder, config.data, num_pipelines)
+    # Resolved once, here: config.json records what the run used, and the input pipeline reads it as is.
+    self.config = config = dataclasses.replace(config, data=dataclasses.replace(config.data, input_sharding=sharding))
+    _warn_if_resume_is_not_exact(model_dir, config, sharding)
     if self.chief:
       tf.io.gfile.makedirs(model_dir)
       with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:
