@@ -46,12 +46,17 @@ def test_png_and_dicom_copies_give_the_same_prediction(tiny_export, make, output
   months = {r["id"]: r["boneage_months"] for r in out["predictions"]}
   sexes = {r["id"]: (r["sex"], r["sex_source"]) for r in out["predictions"]}
   png_months = []
+  format_gaps_months = []
   for image_id in {i.split("_")[0] for i in months}:
     png_months.append(months[image_id])
     for variant in ("m2", "m1", "16"):
       dicom_id = f"{image_id}_{variant}"
       assert months[dicom_id] == pytest.approx(months[image_id], abs=TOLERANCE_MONTHS), dicom_id
+      format_gaps_months.append(abs(months[dicom_id] - months[image_id]))
       assert sexes[dicom_id] == (sexes[image_id][0], "dicom")
     assert sexes[image_id][1] == "csv"
-  # The model does tell these radiographs apart, so agreement is not trivial.
-  assert max(png_months) - min(png_months) > 10 * TOLERANCE_MONTHS
+  # The untrained model still tells these radiographs apart, by far more than the
+  # formats differ, so the agreement is not trivial. (Its spread across images
+  # depends on the random initialisation; the ratio does not.)
+  spread_months = max(png_months) - min(png_months)
+  assert spread_months > 0 and spread_months > 10 * max(format_gaps_months), (png_months, format_gaps_months)
