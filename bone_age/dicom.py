@@ -24,7 +24,8 @@ _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _VALID_SEXES = ("M", "F", "O")
 
 
-def decode_dicom(data: bytes, source: str, *, max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo]:
+def decode_dicom(data: bytes, source: str, *,
+                 max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo, imaging.Acquisition]:
   """Decodes DICOM bytes into display-ready grayscale values and patient facts.
 
   Args:
@@ -35,7 +36,7 @@ def decode_dicom(data: bytes, source: str, *, max_pixels: int) -> tuple[np.ndarr
       pixel data is decoded.
 
   Returns:
-    (pixels, patient): pixels is (H, W), bone bright, not yet stretched to
+    (pixels, patient, acquisition): pixels is (H, W), bone bright, not yet stretched to
     uint8: the stored integers when no LUT applies, uint16 after a modality /
     VOI LUT or MONOCHROME1 flip, float only for RGB or > 16-bit data.
 
@@ -51,11 +52,12 @@ def decode_dicom(data: bytes, source: str, *, max_pixels: int) -> tuple[np.ndarr
     return _decode_dataset(_read_dataset(data, source), source, max_pixels)
 
 
-def _decode_dataset(dataset, source: str, max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo]:
+def _decode_dataset(dataset, source: str,
+                    max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo, imaging.Acquisition]:
   try:
     _check_image_header(dataset, source, max_pixels)
     pixels = _display_values(_decode_pixel_data(dataset, source), dataset)
-    return pixels, patient_info(dataset)
+    return pixels, patient_info(dataset), acquisition_info(dataset)
   except errors.InputError:
     raise
   except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as error:
@@ -299,6 +301,19 @@ def patient_info(dataset) -> imaging.PatientInfo:
       sex=sex if sex in ("M", "F") else None,
       birth_date=_parse_date(dataset.get("PatientBirthDate")),
       study_date=_parse_date(dataset.get("StudyDate")),
+  )
+
+
+def acquisition_info(dataset) -> imaging.Acquisition:
+  """Modality, body part, view and laterality from a header; absent -> None."""
+  def text(keyword):
+    value = str(dataset.get(keyword, "") or "").strip().upper()
+    return value or None
+  return imaging.Acquisition(
+      modality=text("Modality"),
+      body_part=text("BodyPartExamined"),
+      view_position=text("ViewPosition"),
+      laterality=text("ImageLaterality") or text("Laterality"),
   )
 
 

@@ -61,6 +61,19 @@ class PatientInfo:
   study_date: datetime.date | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+  """What a DICOM header says about the image: what was radiographed, and how.
+
+  Each field is the header's value, stripped and upper-cased, or None when
+  the header lacks it; the quality gate decides what the values mean.
+  """
+  modality: str | None  # (0008,0060), e.g. "CR", "DX".
+  body_part: str | None  # BodyPartExamined (0018,0015), e.g. "HAND".
+  view_position: str | None  # (0018,5101), e.g. "PA".
+  laterality: str | None  # ImageLaterality (0020,0062), else Laterality (0020,0060): "L", "R", "B", "U".
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Radiograph:
   """A decoded radiograph in the one representation every consumer uses.
@@ -69,10 +82,12 @@ class Radiograph:
     pixels: (H, W) uint8, bone bright, stretched by `normalize_to_uint8`.
     source_format: "png", "jpeg" or "dicom".
     patient: PatientInfo from the DICOM header; None for PNG and JPEG.
+    acquisition: Acquisition from the DICOM header; None for PNG and JPEG.
   """
   pixels: np.ndarray
   source_format: str
   patient: PatientInfo | None
+  acquisition: Acquisition | None = None
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -126,19 +141,20 @@ def decode_radiograph(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX
   if not isinstance(data, bytes):
     data = bytes(data)
   image_format = sniff_format(data)
-  patient = None
+  patient = acquisition = None
   if image_format == "png":
     raw = _decode_png(data, source, max_pixels)
   elif image_format == "jpeg":
     raw = _decode_jpeg(data, source, max_pixels)
   elif image_format == "dicom":
     from bone_age import dicom  # pylint: disable=g-import-not-at-top  (pydicom is imported lazily)
-    raw, patient = dicom.decode_dicom(data, source, max_pixels=max_pixels)
+    raw, patient, acquisition = dicom.decode_dicom(data, source, max_pixels=max_pixels)
   else:
     raise _unrecognised_format_error(data, source)
   # The decoded buffer is ours: stretching it in place saves a fresh 3 MB
   # allocation (and its page faults) per radiograph.
-  return Radiograph(pixels=_normalize(raw, overwrite_input=True), source_format=image_format, patient=patient)
+  return Radiograph(pixels=_normalize(raw, overwrite_input=True), source_format=image_format, patient=patient,
+                    acquisition=acquisition)
 
 
 def _unrecognised_format_error(data: bytes, source: str) -> errors.InputError:
