@@ -114,7 +114,7 @@ def demo_cpu() -> configs.ExperimentConfig:
   c.optimizer.warmup_steps = 20
   c.train.train_steps = 2800
   c.train.steps_per_loop = 100  # = log_every_steps: one host sync per logging window
-  c.train.eval_every_steps = 700
+  c.train.eval_every_steps = 200  # enough validation points for a readable curve; each costs a second or two
   c.train.log_every_steps = 100
-  c.train.num_gradcam_images = 2
+  c.train.num_gradcam_images = 4
   return c

@@ -261,11 +261,12 @@ class Trainer:
     from bone_age import gradcam  # pylint: disable=g-import-not-at-top
     if self._gradcam_examples is None:  # the same first validation images at every evaluation
       batch = next(iter(ip.eval_dataset(self.builder, self.config, self.facts.image_size_px)))
-      keep = batch[ip.WEIGHT].numpy() > 0
-      self._gradcam_examples = {k: batch[k].numpy()[keep][:n] for k in (ip.IMAGE, ip.MALE, ip.BONEAGE)}
+      keep = np.flatnonzero(batch[ip.WEIGHT].numpy() > 0)
+      keep = keep[summaries.balanced_by_sex(batch[ip.MALE].numpy()[keep], n)]
+      self._gradcam_examples = {k: batch[k].numpy()[keep] for k in (ip.IMAGE, ip.MALE, ip.BONEAGE)}
     examples = self._gradcam_examples
     months, _, heatmaps = gradcam.predict_with_gradcam(self.model, examples[ip.IMAGE], examples[ip.MALE])
-    captions = [f"true {t:.0f} mo, predicted {p:.0f} mo, {'M' if m else 'F'}"
+    captions = [f"{'boy' if m > 0.5 else 'girl'}: true {t:.0f} mo, predicted {p:.0f} mo"
                 for t, p, m in zip(examples[ip.BONEAGE], months, examples[ip.MALE])]
     summaries.write_gradcam(self.writers.validation, step, examples[ip.IMAGE], heatmaps, captions)
 
@@ -283,7 +284,7 @@ class Trainer:
     step = int(self.step.numpy())
     iterator = self._train_iterator(step)
     if not restored:
-      summaries.write_hparams(self.writers.train, self.config)
+      summaries.write_hparams(self.writers.session, self.config)
     logging.info("training %s from step %d to %d on %d replica(s) (per-replica batch %d, global %d, "
                  "learning rate %g, sync BatchNorm %s, %d steps per loop), chief=%s", self.config.name, step,
                  t.train_steps, self.num_replicas, self.config.data.per_replica_batch_size,
@@ -353,13 +354,13 @@ class Trainer:
         "group_accuracy": window[5] / count, "learning_rate": current_learning_rate(self.optimizer),
         "images_per_second": count / max(seconds, 1e-9),
     }
-    summaries.write_scalars(self.writers.train, step, values)
+    summaries.write_scalars(self.writers.train, step, summaries.TRAIN, values)
     logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
   def _log_validation(self, step, result):
     values = {k: v for k, v in result.items() if k != "count" and v is not None}
     values["best_mae_months"] = float(self.schedule.best_val_mae.numpy())
-    summaries.write_scalars(self.writers.validation, step, values)
+    summaries.write_scalars(self.writers.validation, step, summaries.VALIDATION, values)
     self._write_gradcam(step)
     logging.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 

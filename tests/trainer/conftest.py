@@ -67,7 +67,7 @@ def run_trainer(args, timeout_s=240, **env) -> subprocess.CompletedProcess:
   return result
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def trainer_helpers():
   """The module-level helpers above, for test modules (importlib mode cannot import conftest)."""
   return sys.modules[__name__]

@@ -49,12 +49,12 @@ def test_run_writes_config_checkpoints_summaries_and_export(no_test_split, tmp_p
 
   train_tags = event_tags(model_dir / "logs" / "train")
   for tag in ("loss", "mae_months", "group_accuracy", "learning_rate", "images_per_second"):
-    assert tag in train_tags, tag
-  assert "_hparams_/session_start_info" in train_tags
+    assert f"train/{tag}" in train_tags, tag
+  assert "_hparams_/session_start_info" in event_tags(model_dir / "logs")
   validation_tags = event_tags(model_dir / "logs" / "validation")
   for tag in ("loss", "mae_months", "rmse_months", "group_accuracy", "qwk", "best_mae_months"):
-    assert len(validation_tags[tag]) == 2, tag  # one per evaluation
-  assert validation_tags["gradcam"] == ["images", "images"]
+    assert len(validation_tags[f"validation/{tag}"]) == 2, tag  # one per evaluation
+  assert validation_tags["validation/gradcam"] == ["images", "images"]
 
   summary = json.loads((model_dir / "training_summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
   assert summary["final_validation"]["count"] == 32
