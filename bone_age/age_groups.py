@@ -38,6 +38,15 @@ def assign(age_months, edges: Sequence[float]):
   return np.searchsorted(np.asarray(edges, dtype=np.float64), age_months, side="right")
 
 
+def group_slugs(edges: Sequence[float]) -> list[str]:
+  """Column-safe names such as 'under_113_months', '113_to_150_months', '150_months_and_over'."""
+  fmt = lambda e: f"{e:g}".replace(".", "_")
+  slugs = [f"under_{fmt(edges[0])}_months"]
+  slugs += [f"{fmt(a)}_to_{fmt(b)}_months" for a, b in zip(edges, edges[1:])]
+  slugs.append(f"{fmt(edges[-1])}_months_and_over")
+  return slugs
+
+
 def group_names(edges: Sequence[float]) -> list[str]:
   """Human names such as '<113 mo', '113-150 mo', '>=150 mo'."""
   fmt = lambda e: f"{e:g}"

@@ -18,6 +18,7 @@ accepts: `labels.csv` (id,boneage,male with True/False, as RSNA's train.csv),
 import csv
 import dataclasses
 import datetime
+import json
 import os
 import pathlib
 import sys
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 
 from bone_age import phantom_drawing
+from bone_age import schema
 
 IMAGE_FORMATS = ("png", "dicom", "mixed")
 LABELS_FILE = "labels.csv"
@@ -257,6 +259,8 @@ def write_dataset(output_dir, num_images: int, seed: int, *, height_px: int = 52
     writer.writerow(["id", "boneage", "male"])
     for example_id, boneage_months, male in labels:
       writer.writerow([example_id, f"{boneage_months:g}", "True" if male else "False"])
+  (out / schema.SYNTHETIC_MARKER_FILE).write_text(json.dumps(
+      {"generator": "boneage-phantoms", "seed": seed, "num_images": num_images, "first_id": first_id}) + "\n")
   return out
 
 

@@ -15,6 +15,11 @@ ORIGINAL_WIDTH_PX = "original_width_px"
 
 DEFAULT_IMAGE_SIZE_PX = 384
 
+# Beside a labels table: the folder holds synthetic phantoms (boneage-phantoms
+# writes it), so a dataset built from it, and every plot of a model trained or
+# evaluated on it, can say so.
+SYNTHETIC_MARKER_FILE = "SYNTHETIC_PHANTOMS.json"
+
 
 def features_dict(image_size_px: int, num_age_groups: int):
   """The TFDS FeaturesDict of one example (imports tfds lazily).

@@ -5,12 +5,15 @@ dataset with `tfds.builder_from_directory` (never the builder's code), picks
 the resolution config matching the export's image size, streams the split
 through the model batch by batch (the split is never held in memory as
 images) and writes:
-  metrics.json      overall / per sex / per age band: MAE, RMSE, R2, group
-                    accuracy, QWK, each with its count; the predict-the-
-                    training-mean baseline; the confusion matrix
-  predictions.csv   one row per image (id, sex, true and predicted months
-                    and group, group probabilities)
-  *.png             scatter, Bland-Altman, confusion matrix, error by age
+  metrics.json      overall / per sex / per age band: MAE with its bootstrap
+                    95% interval, RMSE, R2, the share within 6 and 12
+                    months, group accuracy, QWK, each with its count; the
+                    predict-the-training-mean baseline; the confusion matrix
+  predictions.csv   one row per image (id, sex M/F as the scorer writes it,
+                    true and predicted months and group, the probability of
+                    each named group)
+  *.png             scatter, Bland-Altman, confusion matrix, error by age,
+                    each titled with the model, the dataset and the split
 """
 
 import csv
@@ -135,19 +138,32 @@ def compute_report(predictions: dict, edges: list[float], train_mean_months: flo
 
 
 def _write_predictions(path: str, predictions: dict, edges: list[float]) -> None:
-  num_groups = len(edges) + 1
+  names = age_groups.group_names(edges)
   with tf.io.gfile.GFile(path, "w") as f:
     writer = csv.writer(f)
-    writer.writerow(["id", "male", "true_months", "pred_months", "true_group", "pred_group"]
-                    + [f"prob_group_{g}" for g in range(num_groups)])
+    writer.writerow(["id", "sex", "true_months", "pred_months", "true_group", "pred_group"]
+                    + [f"prob_{slug}" for slug in age_groups.group_slugs(edges)])
     for i, example_id in enumerate(predictions["id"]):
       true_months = predictions["true_months"][i]
       labeled = bool(np.isfinite(true_months))
       probs = predictions["group_probs"][i]
-      writer.writerow([example_id, int(predictions["male"][i]), f"{true_months:.2f}" if labeled else "",
+      writer.writerow([example_id, "M" if predictions["male"][i] else "F", f"{true_months:.2f}" if labeled else "",
                        f"{predictions['pred_months'][i]:.2f}",
-                       int(age_groups.assign(true_months, edges)) if labeled else "", int(np.argmax(probs))]
+                       names[int(age_groups.assign(true_months, edges))] if labeled else "",
+                       names[int(np.argmax(probs))]]
                       + [f"{p:.4f}" for p in probs])
+
+
+def plot_title(export_metadata: dict, builder, split: str, count: int) -> str:
+  """Which model, on which data: every plot says it, and says when the data are synthetic phantoms."""
+  model = export_metadata.get("backbone", "model")
+  if export_metadata.get("experiment"):
+    model += f" ({export_metadata['experiment']}"
+    model += f", step {export_metadata['train_steps']})" if export_metadata.get("train_steps") else ")"
+  dataset = f"{builder.info.full_name}, {split} split, n={count}"
+  if (builder.info.metadata or {}).get("synthetic"):
+    dataset = "SYNTHETIC phantoms: " + dataset
+  return f"{model}\n{dataset}"
 
 
 def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
@@ -192,7 +208,7 @@ def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
       male=predictions["male"][labeled].astype(bool),
       confusion_matrix=np.asarray(report["confusion_matrix"]),
       group_names=report["age_group_names"],
-      title=f"{split} split, n={int(labeled.sum())}")
+      title=plot_title(export_metadata, builder, split, int(labeled.sum())))
   _write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), predictions, edges)
   with tf.io.gfile.GFile(os.path.join(output_dir, METRICS_FILE), "w") as f:
     f.write(json.dumps(report, indent=2, allow_nan=False))

@@ -2,7 +2,8 @@
 
 - predicted vs true bone age (with the identity line and a +-12 month band),
 - Bland-Altman (difference vs mean, bias and 95% limits of agreement),
-- age-group confusion matrix (counts, row-normalised shading),
+- age-group confusion matrix (counts, and the share of each reference group
+  as shading and percentage: rows sum to 100%),
 - signed error by true age in 2-year bands (shows regression to the mean at
   the youngest and oldest ages, which a single MAE hides).
 """
@@ -44,13 +45,13 @@ def scatter(path: str, true_months, pred_months, male, title: str = "") -> str:
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 5.5))
   limit = 240.0
-  ax.fill_between([0, limit], [-12, limit - 12], [12, limit + 12], color="0.9", label="+-12 months")
-  ax.plot([0, limit], [0, limit], "k--", lw=1, label="identity")
-  for mask, label, color in ((~male, "female", "tab:red"), (male, "male", "tab:blue")):
+  ax.fill_between([0, limit], [-12, limit - 12], [12, limit + 12], color="0.9", label="within 12 months")
+  ax.plot([0, limit], [0, limit], "k--", lw=1, label="prediction = reference")
+  for mask, label, color in ((~male, "girls", "tab:red"), (male, "boys", "tab:blue")):
     ax.scatter(true_months[mask], pred_months[mask], s=10, alpha=0.6, color=color, label=f"{label} (n={mask.sum()})")
-  mae = float(np.mean(np.abs(pred_months - true_months))) if true_months.size else float("nan")
+  mae = f"MAE {np.mean(np.abs(pred_months - true_months)):.1f} months" if true_months.size else "no examples"
   ax.set(xlim=(0, limit), ylim=(0, limit), xlabel="reference bone age (months)",
-         ylabel="predicted bone age (months)", title=f"{title}\nMAE {mae:.1f} months")
+         ylabel="predicted bone age (months)", title=f"Predicted vs reference bone age, {mae}\n{title}")
   ax.set_xticks(np.arange(0, limit + 1, 24))
   ax.set_yticks(np.arange(0, limit + 1, 24))
   ax.legend(loc="upper left", fontsize=8)
@@ -66,14 +67,15 @@ def bland_altman(path: str, true_months, pred_months, title: str = "") -> str:
   if diff.size:
     bias = float(diff.mean())
     sd = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
-    lines = ((bias, "-", f"bias {bias:+.1f}"), (bias + 1.96 * sd, "--", f"+1.96 SD {bias + 1.96 * sd:+.1f}"),
-             (bias - 1.96 * sd, "--", f"-1.96 SD {bias - 1.96 * sd:+.1f}"))
+    lines = ((bias, "-", f"bias {bias:+.1f} months"),
+             (bias + 1.96 * sd, "--", f"upper 95% limit {bias + 1.96 * sd:+.1f} months"),
+             (bias - 1.96 * sd, "--", f"lower 95% limit {bias - 1.96 * sd:+.1f} months"))
     for value, style, label in lines:
       ax.axhline(value, color="tab:blue", ls=style, lw=1, label=label)
     ax.legend(fontsize=8, loc="upper right")
   ax.axhline(0.0, color="k", lw=0.5)
   ax.set(xlabel="mean of reference and prediction (months)", ylabel="prediction - reference (months)",
-         title=f"Bland-Altman {title}")
+         title=f"Agreement (Bland-Altman)\n{title}")
   return _save(fig, path)
 
 
@@ -90,7 +92,8 @@ def confusion_plot(path: str, matrix, group_names, title: str = "") -> str:
   ticks = np.arange(len(group_names))
   ax.set_xticks(ticks, group_names, rotation=30, ha="right")
   ax.set_yticks(ticks, group_names)
-  ax.set(xlabel="predicted age group", ylabel="reference age group", title=f"Age groups {title}")
+  ax.set(xlabel="predicted age group", ylabel="reference age group",
+         title=f"Age groups: count and share of each reference group (rows sum to 100%)\n{title}")
   return _save(fig, path)
 
 
@@ -116,8 +119,11 @@ def error_by_age(path: str, true_months, pred_months, male, title: str = "") -> 
       patch.set_alpha(0.5)
   ax.axhline(0.0, color="k", lw=0.5)
   ax.set_xticks(np.arange(len(bands)), labels, fontsize=8)
-  ax.set(xlabel="reference bone age band", ylabel="prediction - reference (months)",
-         title=f"Error by age (red female, blue male) {title}")
+  import matplotlib.patches as mpatches  # pylint: disable=g-import-not-at-top
+  ax.legend(handles=[mpatches.Patch(color="tab:red", alpha=0.5, label="girls"),
+                     mpatches.Patch(color="tab:blue", alpha=0.5, label="boys")], fontsize=8, loc="upper right")
+  ax.set(xlabel="reference bone age band (years)", ylabel="prediction - reference (months)",
+         title=f"Signed error by age band (boxes: quartiles; whiskers: 1.5 IQR)\n{title}")
   return _save(fig, path)
 
 

@@ -209,4 +209,4 @@ def eval_metrics(sums: np.ndarray, num_groups: int) -> dict:
   return {"loss": float(values["loss"] / count), "mae_months": float(values["abs_err_months"] / count),
           "rmse_months": float(np.sqrt(values["sq_err_months"] / count)),
           "r2": float(1.0 - values["sq_err_months"] / total) if total > 0 else None,
-          "group_accuracy": classification["accuracy"], "qwk": classification["qwk"], "count": int(round(count))}
+          "group_accuracy": classification["group_accuracy"], "qwk": classification["qwk"], "count": int(round(count))}

@@ -16,6 +16,24 @@ def test_regression_metrics_hand_computed():
   assert result["rmse_months"] == pytest.approx(np.sqrt(4.25))
   assert result["r2"] == pytest.approx(0.966)
   assert result["count"] == 4
+  # |errors| 2, 2, 3, 0: all within 6 months; with a 10-month miss, 3 of 4 within 6 and all within 12.
+  assert result["within_6_months"] == 1.0 and result["within_12_months"] == 1.0
+  wider = metrics.regression_metrics([10, 20, 30, 40], [12, 18, 33, 50])
+  assert wider["within_6_months"] == 0.75 and wider["within_12_months"] == 1.0
+
+
+def test_bootstrap_interval_brackets_the_mae_and_narrows_with_more_data():
+  rng = np.random.default_rng(1)
+  small = np.abs(rng.normal(0, 10, 50))
+  large = np.abs(rng.normal(0, 10, 5000))
+  low, high = metrics.bootstrap_mae_ci95(small)
+  assert low < small.mean() < high
+  large_low, large_high = metrics.bootstrap_mae_ci95(large)
+  assert large_low < large.mean() < large_high
+  # The width of a mean's interval shrinks like 1/sqrt(n): 10x narrower for 100x the data, within sampling noise.
+  assert 5 < (high - low) / (large_high - large_low) < 20
+  assert metrics.bootstrap_mae_ci95(np.array([3.0])) is None
+  assert metrics.bootstrap_mae_ci95(small) == metrics.bootstrap_mae_ci95(small)  # seeded: reports reproduce
 
 
 def test_regression_accepts_column_vectors_and_rejects_mismatch():
@@ -30,11 +48,14 @@ def test_regression_accepts_column_vectors_and_rejects_mismatch():
 
 def test_undefined_values_are_none_and_json_safe():
   empty = metrics.all_metrics([], [], [], [], 3)
-  assert empty == {"mae_months": None, "rmse_months": None, "r2": None, "count": 0, "accuracy": None, "qwk": None}
+  assert empty == {"mae_months": None, "mae_months_ci95": None, "rmse_months": None, "r2": None,
+                   "within_6_months": None, "within_12_months": None, "count": 0, "group_accuracy": None, "qwk": None}
   constant = metrics.regression_metrics([50, 50], [40, 60])
   assert constant["r2"] is None and constant["mae_months"] == 10.0
   json.dumps(empty, allow_nan=False)
   assert metrics.quadratic_weighted_kappa([1, 1], [1, 1], 3) is None
+  # One reference group (an age band): kappa would be 0 whatever the predictions, so it is undefined.
+  assert metrics.quadratic_weighted_kappa([1, 1, 1], [0, 1, 2], 3) is None
 
 
 def test_quadratic_weighted_kappa_hand_computed():
@@ -62,7 +83,7 @@ def test_kappa_agrees_with_sklearn_when_available():
 
 def test_classification_metrics_and_confusion_matrix():
   result = metrics.classification_metrics([0, 1, 2, 2], [0, 2, 2, 1], 3)
-  assert result == {"accuracy": 0.5, "qwk": pytest.approx(7 / 11), "count": 4}
+  assert result == {"group_accuracy": 0.5, "qwk": pytest.approx(7 / 11), "count": 4}
   matrix = metrics.confusion_matrix([0, 1, 2, 2], [0, 2, 2, 1], 3)
   np.testing.assert_array_equal(matrix, [[1, 0, 0], [0, 0, 1], [0, 1, 1]])
   with pytest.raises(ValueError, match="outside"):

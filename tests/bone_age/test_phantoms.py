@@ -1,5 +1,6 @@
 """Tests of the synthetic phantoms: determinism, labels, mask, layout, learnability."""
 
+import json
 import pathlib
 
 import cv2
@@ -9,6 +10,7 @@ import pytest
 
 from bone_age import phantom_drawing
 from bone_age import phantoms
+from bone_age import schema
 
 SMALL = {"height_px": 130, "width_px": 100}
 
@@ -47,7 +49,7 @@ def test_write_dataset_is_byte_identical_for_a_seed(tmp_path):
   b = phantoms.write_dataset(tmp_path / "b", 3, seed=11, **SMALL)
   c = phantoms.write_dataset(tmp_path / "c", 3, seed=12, **SMALL)
   files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-  assert len(files) == 7  # labels.csv + 3 images + 3 masks
+  assert len(files) == 8  # labels.csv + the synthetic marker + 3 images + 3 masks
   for rel in files:
     assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
   assert (a / "images" / "1.png").read_bytes() != (c / "images" / "1.png").read_bytes()
@@ -96,6 +98,7 @@ def test_mask_lies_on_bright_structures_and_moves_with_the_pose():
 def test_write_dataset_layout(tmp_path):
   out = phantoms.write_dataset(tmp_path / "set", 4, seed=2, first_id=7, **SMALL)
   assert out == tmp_path / "set"
+  assert json.loads((out / schema.SYNTHETIC_MARKER_FILE).read_text())["generator"] == "boneage-phantoms"
   text = (out / "labels.csv").read_text()
   assert text.splitlines()[0] == "id,boneage,male"
   assert {line.rsplit(",", 1)[1] for line in text.splitlines()[1:]} <= {"True", "False"}

@@ -105,6 +105,7 @@ def test_kaggle_layout_never_builds_the_unlabeled_test_set(tmp_path):
   assert len(examples) == 12 and not {"99001", "99002"} & set(examples)
   assert builder.info.metadata["kaggle_unlabeled_test_rows_not_built"] == 2
   assert builder.info.metadata["image_files_without_label"] == 2
+  assert builder.info.metadata["synthetic"] is False  # no boneage-phantoms marker in the folder
   _check_edges(builder, examples)
 
 

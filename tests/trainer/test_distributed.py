@@ -64,7 +64,7 @@ def single_process_validation(data_dir, model_dir, trainer_helpers) -> dict:
   regression = metrics.regression_metrics(true, pred)
   groups = metrics.classification_metrics(batch[ip.GROUP].numpy(), outputs["age_group"].numpy().argmax(-1), 3)
   return {"loss": float(np.mean(loss)), "mae_months": regression["mae_months"],
-          "rmse_months": regression["rmse_months"], "r2": regression["r2"], "group_accuracy": groups["accuracy"],
+          "rmse_months": regression["rmse_months"], "r2": regression["r2"], "group_accuracy": groups["group_accuracy"],
           "qwk": groups["qwk"], "count": 32}
 
 

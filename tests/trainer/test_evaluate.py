@@ -81,7 +81,12 @@ def test_evaluate_writes_correct_metrics_predictions_and_plots(workspace):
   assert report["overall"]["mae_months"] == pytest.approx(np.mean(np.abs(pred - true)), rel=1e-5)
   assert report["overall"]["rmse_months"] == pytest.approx(np.sqrt(np.mean((pred - true) ** 2)), rel=1e-5)
   true_group = np.searchsorted(EDGES, true, side="right")
-  assert report["overall"]["accuracy"] == pytest.approx(np.mean(true_group == pred_group))
+  assert report["overall"]["group_accuracy"] == pytest.approx(np.mean(true_group == pred_group))
+  assert report["overall"]["within_12_months"] == pytest.approx(np.mean(np.abs(pred - true) <= 12))
+  low, high = report["overall"]["mae_months_ci95"]
+  assert low <= report["overall"]["mae_months"] <= high
+  # Each band holds one reference group: its kappa is undefined, never a misleading 0.0.
+  assert all(band["qwk"] is None for band in report["by_age_band"].values())
   assert report["by_sex"]["male"]["count"] == 5 and report["by_sex"]["female"]["count"] == 4
   male = np.array([m for _, _, m in TEST], bool)
   assert report["by_sex"]["male"]["mae_months"] == pytest.approx(np.mean(np.abs(pred - true)[male]), rel=1e-5)
@@ -101,7 +106,10 @@ def test_evaluate_writes_correct_metrics_predictions_and_plots(workspace):
     rows = list(csv.DictReader(f))
   assert sorted(r["id"] for r in rows) == sorted(i for i, _, _ in TEST)
   by_id = {r["id"]: r for r in rows}
-  assert float(by_id["t5"]["true_months"]) == 150.0 and by_id["t5"]["true_group"] == "2"
+  assert float(by_id["t5"]["true_months"]) == 150.0 and by_id["t5"]["true_group"] == ">=150 mo"
+  assert {r["sex"] for r in rows} == {"M", "F"}  # the scorer's convention, not 1/0
+  assert [k for k in rows[0] if k.startswith("prob_")] == [
+      "prob_under_113_months", "prob_113_to_150_months", "prob_150_months_and_over"]
 
 
 def test_command_line_on_an_export_dir(workspace):
@@ -153,3 +161,13 @@ def test_command_line_names_a_missing_flag_and_defines_no_global_flags(workspace
     evaluate_main.main(["boneage-evaluate", f"--data_dir={workspace['data_dir']}", "--model_dir=x"])
   from absl import flags  # pylint: disable=g-import-not-at-top
   assert "output_dir" not in flags.FLAGS  # boneage-train (which defines data_dir globally) has no output_dir
+
+
+def test_plot_titles_name_the_model_the_data_and_say_synthetic(workspace):
+  builder = tfds.builder_from_directory(evaluate.find_dataset_dir(workspace["data_dir"], SIZE_PX))
+  export_metadata = {"backbone": "tiny", "experiment": "demo_cpu", "train_steps": 2800}
+  title = evaluate.plot_title(export_metadata, builder, "test", 9)
+  assert title.startswith("tiny (demo_cpu, step 2800)\n") and "rsna_bone_age/32px/1.0.0, test split, n=9" in title
+  assert "SYNTHETIC" not in title
+  builder.info.metadata["synthetic"] = True  # as the builder records for a boneage-phantoms folder
+  assert "SYNTHETIC phantoms: rsna_bone_age" in evaluate.plot_title(export_metadata, builder, "test", 9)

@@ -107,6 +107,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         test_fraction=config.test_fraction, num_strata_groups=config.num_age_groups)
     self.info.metadata.update({
         "layout": layout.name,
+        "synthetic": (manual_dir / schema.SYNTHETIC_MARKER_FILE).exists(),  # manual_dir is an epath.Path
         "kaggle_unlabeled_test_rows_not_built": layouts.count_unlabeled_rows(layout),
         "split_rule": "official" if layout.has_official_splits else (
             f"sha256 rank within sex x age-group strata, validation={config.validation_fraction}, "
