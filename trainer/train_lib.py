@@ -291,6 +291,7 @@ class Trainer:
                  self.config.data.global_batch_size, self.config.optimizer.learning_rate,
                  self.config.model.sync_batchnorm, t.steps_per_loop, self.chief)
     window, window_start = np.zeros(len(task.TRAIN_STATS)), time.perf_counter()
+    self._progress_start, self._progress_first_step, self._last_val_mae = time.perf_counter(), step, None
     stop = self.schedule.stopped  # a run that already early-stopped stays stopped when rerun.
     last_validation, preempted = {}, False
     first_step, steady_seconds, steady_images = step, 0.0, 0
@@ -355,13 +356,19 @@ class Trainer:
         "images_per_second": count / max(seconds, 1e-9),
     }
     summaries.write_scalars(self.writers.train, step, summaries.TRAIN, values)
-    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    logging.debug("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    elapsed_s = time.perf_counter() - self._progress_start
+    done = step - self._progress_first_step
+    eta_s = elapsed_s / done * (self.config.train.train_steps - step) if done > 0 else None
+    logging.info("%s", progress_line(step, self.config.train.train_steps, values["images_per_second"],
+                                     values["mae_months"], self._last_val_mae, eta_s))
 
   def _log_validation(self, step, result):
     values = {k: v for k, v in result.items() if k != "count" and v is not None}
     values["best_mae_months"] = float(self.schedule.best_val_mae.numpy())
     summaries.write_scalars(self.writers.validation, step, summaries.VALIDATION, values)
     self._write_gradcam(step)
+    self._last_val_mae = values.get("mae_months")
     logging.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
   def export_copy(self) -> keras.Model:
@@ -401,6 +408,25 @@ class Trainer:
     logging.info("finished at step %d: final validation MAE %s months, best %.2f months at step %d", step,
                  final_validation.get("mae_months"), best_mae, result.best_step)
     return result
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_line(step: int, total_steps: int, images_per_second: float, train_mae_months: float,
+                  val_mae_months: float | None, eta_s: float | None) -> str:
+  """One console line per logging window: where the run is, how fast, how good, how long to go."""
+  parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.0f}%)",
+           f"{images_per_second:.0f} img/s", f"train MAE {train_mae_months:.1f} months"]
+  if val_mae_months is not None:
+    parts.append(f"val MAE {val_mae_months:.1f} months")
+  if eta_s is not None:
+    parts.append(f"ETA {_duration(eta_s)}")
+  return " · ".join(parts)
 
 
 def train_and_evaluate(config: configs.ExperimentConfig, data_dir: str, model_dir: str, *,

@@ -132,3 +132,9 @@ def test_no_readable_checkpoint_is_an_error_never_a_fresh_start(phantom_data_dir
   assert result.returncode == checkpointing.UNREADABLE_CHECKPOINT_EXIT_CODE, result.stderr[-3000:]
   assert "no readable checkpoint" in result.stderr and str(index) in result.stderr
   assert not (model_dir / "checkpoints" / "ckpt-4.index").exists()
+
+
+def test_progress_line_says_where_how_fast_how_good_and_how_long():
+  line = train_lib.progress_line(1400, 2800, 775.4, 9.64, 12.83, 100.0)
+  assert line == "step 1400/2800 (50%) · 775 img/s · train MAE 9.6 months · val MAE 12.8 months · ETA 1m40s"
+  assert train_lib.progress_line(5, 2800, 3.0, 40.0, None, 4000.0).endswith("train MAE 40.0 months · ETA 1h06m")
