@@ -53,8 +53,8 @@ class Make:
 
   @staticmethod
   def dicom(pixels: np.ndarray, **kwargs) -> bytes:
-    from bone_age import dicom  # pylint: disable=g-import-not-at-top
-    return dicom.encode_dicom(pixels, **kwargs)
+    from bone_age import dicom_writer  # pylint: disable=g-import-not-at-top
+    return dicom_writer.encode_dicom(pixels, **kwargs)
 
   @staticmethod
   def png_bomb(width_px: int = 60_000, height_px: int = 60_000) -> bytes:

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 import tfds_rsna  # pylint: disable=unused-import  # registers rsna_bone_age
 from bone_age import age_groups
-from bone_age import dicom
+from bone_age import dicom_writer
 from tfds_rsna.rsna_bone_age import layouts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -74,10 +74,10 @@ def _generic_dicom_dir(root: pathlib.Path):
     image = _hand(n, height=90 + n, width=60)
     kind = n % 4
     if kind == 0:
-      (root / "images" / f"{example_id}.dcm").write_bytes(dicom.encode_dicom(image, sex="M" if n % 2 else "F"))
+      (root / "images" / f"{example_id}.dcm").write_bytes(dicom_writer.encode_dicom(image, sex="M" if n % 2 else "F"))
     elif kind == 1:  # PACS-style: no extension, 16-bit MONOCHROME1
       (root / "images" / example_id).write_bytes(
-          dicom.encode_dicom((255 - image).astype(np.uint16) * 257, photometric="MONOCHROME1", bits_stored=16))
+          dicom_writer.encode_dicom((255 - image).astype(np.uint16) * 257, photometric="MONOCHROME1", bits_stored=16))
     elif kind == 2:
       (root / "images" / f"{example_id}.jpg").write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
     else:
