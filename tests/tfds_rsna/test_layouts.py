@@ -174,6 +174,23 @@ def test_an_id_with_two_image_files_is_rejected_not_guessed(tmp_path):
   assert builder.info.metadata["rows_read"] == 12 and builder.info.metadata["image_files_without_label"] == 1
 
 
+def test_image_files_without_label_counts_files_no_row_names(tmp_path):
+  """Images of rejected rows have a label (and a reject); orphans count once per file."""
+  manual = tmp_path / "manual"
+  (manual / "images" / "sub").mkdir(parents=True)
+  for i in range(16):
+    (manual / "images" / f"{i}.png").write_bytes(_png(i))
+  for orphan in ("99.png", "98.png", "sub/98.jpg"):
+    (manual / "images" / orphan).write_bytes(_png(90))
+  good = [f"{i},{20 + 15 * i},{i % 2 == 0}" for i in range(10)]
+  bad = ["10,-1,True", "11,nan,True", "12,1_2,False", "13,50,?", "14,50,", "15,abc,True"]
+  (manual / "labels.csv").write_text("id,boneage,male\n" + "\n".join(good + bad) + "\n")
+  builder, examples = _build(manual, tmp_path / "out")
+  assert len(examples) == 10
+  assert sum(builder.info.metadata["rejected"].values()) == 6
+  assert builder.info.metadata["image_files_without_label"] == 3
+
+
 def test_rejected_counts_fall_back_to_the_rejects_file_without_beam_metrics(tmp_path):
   from unittest import mock  # pylint: disable=g-import-not-at-top
   from tfds_rsna.rsna_bone_age import rsna_bone_age_dataset_builder as builder_module  # pylint: disable=g-import-not-at-top
