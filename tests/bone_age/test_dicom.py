@@ -3,6 +3,9 @@
 import dataclasses
 import datetime
 import io
+import pathlib
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -14,6 +17,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom import uid as dicom_uid
 
+from bone_age import dicom
 from bone_age import dicom_writer
 from bone_age import errors
 from bone_age import imaging
@@ -408,3 +412,13 @@ def test_real_radiograph_is_the_same_picture_in_every_encoding(rsna_sample_dir):
     _assert_same_picture(pixels, reference)
     square, _ = letterbox.letterbox(pixels, 256)
     assert np.abs(square.astype(int) - reference_square).max() <= 1, name
+
+
+def test_reader_and_writer_stand_apart_from_the_dispatcher():
+  """bone_age.dicom reads without importing bone_age.imaging (which imports it lazily), nor the writer."""
+  code = ("import sys; import bone_age.dicom; "
+          "print(sorted(m for m in sys.modules if m in ('bone_age.imaging', 'bone_age.dicom_writer')))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=pathlib.Path(__file__).resolve().parents[2])
+  assert result.stdout.strip() == "[]"
+  assert not hasattr(dicom, "encode_dicom")
