@@ -85,8 +85,8 @@ def _decode_dataset(dataset, cut_inside_element: bool, source: str,
 def _read_dataset(data: bytes, source: str, max_pixels: int):
   """Parses the dataset; returns (dataset, whether the stream ends inside an element).
 
-  pydicom stops quietly at a data element cut in half, so the count of bytes
-  it left unread is what tells a cut file from a complete one.
+  pydicom stops quietly at a data element cut in half, so whether bytes are
+  left after the last element it read tells a cut file from a complete one.
   """
   import pydicom  # pylint: disable=g-import-not-at-top
 
@@ -95,16 +95,17 @@ def _read_dataset(data: bytes, source: str, max_pixels: int):
   try:
     deflated = _read_deflated(data, source, max_pixels)
     if deflated is not None:
-      dataset, stream = deflated
+      (dataset, stream), dataset_start = deflated, 0
     else:
       dataset, stream = pydicom.dcmread(io.BytesIO(data), force=True), data
+      dataset_start = _dataset_start(dataset, stream)
   except errors.InputError:
     raise
   except Exception as error:  # pylint: disable=broad-except  (pydicom raises many types on garbage)
     raise errors.InputError(source, errors.NOT_AN_IMAGE,
                             f"not a readable DICOM file ({type(error).__name__}: {error})") from error
   _ensure_transfer_syntax(dataset)
-  return dataset, _ends_inside_an_element(dataset, stream)
+  return dataset, _ends_inside_an_element(dataset, stream, dataset_start)
 
 
 def _read_deflated(data: bytes, source: str, max_pixels: int):
@@ -121,9 +122,12 @@ def _read_deflated(data: bytes, source: str, max_pixels: int):
   from pydicom import filereader  # pylint: disable=g-import-not-at-top
 
   stream = io.BytesIO(data)
-  filereader.read_preamble(stream, True)
-  # The meta group only: pydicom has no public reader for it from a buffer.
-  meta = filereader._read_file_meta_info(stream)  # pylint: disable=protected-access
+  try:
+    filereader.read_preamble(stream, True)
+    # The meta group only: pydicom has no public reader for it from a buffer.
+    meta = filereader._read_file_meta_info(stream)  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except  (no readable meta group: dcmread decides what the file is)
+    return None
   if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
     return None
   limit_bytes = max_pixels * _INFLATED_BYTES_PER_PIXEL + _INFLATED_HEADER_BYTES
@@ -145,27 +149,32 @@ def _read_deflated(data: bytes, source: str, max_pixels: int):
   return dataset, inflated
 
 
-def _ends_inside_an_element(dataset, stream: bytes) -> bool:
+def _ends_inside_an_element(dataset, stream: bytes, dataset_start: int | None) -> bool:
   """Whether bytes follow the last data element pydicom could read whole.
 
   With no dataset element at all (pydicom also drops everything it read
   when an undefined-length element runs into the end of the file), whether
-  bytes follow a file meta group that pydicom could not turn into elements,
-  or the meta group itself is shorter than its group length says.
+  the stream holds anything beyond where the dataset starts, or ends before
+  it. `dataset_start` is None when unknown (no meta group length).
   """
   from pydicom.dataelem import RawDataElement  # pylint: disable=g-import-not-at-top
 
   tags = list(dataset.keys())
   if not tags:
-    group_length = dataset.file_meta.get("FileMetaInformationGroupLength") if dataset.file_meta else None
-    if group_length is None:
-      return False
-    meta_start = 132 if stream[128:132] == b"DICM" else 0
-    return len(stream) != meta_start + 12 + int(group_length)  # 12: the group length element itself.
+    return dataset_start is not None and len(stream) != dataset_start
   last = dataset.get_item(max(tags))
   if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
     return False
   return len(stream) != last.value_tell + last.length
+
+
+def _dataset_start(dataset, stream: bytes) -> int | None:
+  """Offset of the first dataset element: after the preamble and the meta group."""
+  group_length = dataset.file_meta.get("FileMetaInformationGroupLength") if dataset.file_meta else None
+  if group_length is None:
+    return None
+  meta_start = 132 if stream[128:132] == b"DICM" else 0
+  return meta_start + 12 + int(group_length)  # 12: the group length element itself.
 
 
 def _ensure_transfer_syntax(dataset) -> None:

@@ -138,8 +138,7 @@ def _read_png_header(data: bytes, source: str, max_pixels: int) -> tuple[int, in
   cv2 decodes a PNG whose tail is cut off without complaint (missing rows come
   out black), so the chunk chain is walked to its IEND here; every chunk's
   CRC is checked on the way, so bit-rot is named (chunk and byte offset)
-  rather than left to libpng, which reports to stderr only. The CRCs cost a
-  few percent of the decode.
+  rather than left to libpng, which reports to stderr only.
   """
   if len(data) < 33 or data[12:16] != b"IHDR":
     if len(data) < 33:
@@ -229,7 +228,7 @@ def _decode_jpeg(data: bytes, source: str, max_pixels: int) -> np.ndarray:
   "Premature end of data segment") as warnings and returns an image anyway;
   cv2 only prints them. simplejpeg (libjpeg-turbo, the same pixels as cv2)
   with strict=True raises them instead, at no extra cost. Without simplejpeg
-  installed, pylibjpeg-libjpeg (a core dependency, several times slower)
+  installed, pylibjpeg-libjpeg (a core dependency, but slower)
   checks the stream before cv2 decodes it.
   """
   frame_headers.read_jpeg_frame(data, source, max_pixels)
