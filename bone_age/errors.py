@@ -58,7 +58,7 @@ class InputError(ValueError):
 
 
 # Words in libjpeg's (and libjpeg-turbo's) messages for damaged entropy-coded data.
-_DAMAGED_DATA_WORDS = ("corrupt", "premature end", "huffman", "out of sync", "misplaced marker")
+_DAMAGED_DATA_WORDS = ("corrupt", "premature end", "huffman", "out of sync")
 
 
 def decoder_failure(source: str, what: str, error: Exception) -> InputError:

@@ -7,6 +7,7 @@ import tracemalloc
 import cv2
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from pydicom import uid as dicom_uid
 
@@ -151,3 +152,18 @@ def test_bit_rot_inside_a_dicom_jpeg_frame_is_corrupt_image():
   frame = corrupt_inputs.jpeg_with_bit_rot(image)
   data = corrupt_inputs.dicom_with_frame(frame, dicom_uid.JPEGBaseline8Bit, rows=256, columns=256)
   _expect_error(data, "rot.dcm", errors.CORRUPT_IMAGE)
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("JPEG-lossy.dcm", errors.DECODER_ERROR),  # JPEG Extended whose scan header libjpeg refuses: once "truncated".
+    ("rtplan_truncated.dcm", errors.TRUNCATED),  # Cut inside an element.
+    ("rtplan.dcm", errors.NO_PIXEL_DATA),  # Complete, no image.
+    ("test-SR.dcm", errors.NO_PIXEL_DATA),
+    ("JPEG2000-embedded-sequence-delimiter.dcm", errors.DECOMPRESSION_BOMB),  # Its SIZ claims 3.8 T pixels.
+])
+def test_pydicom_bundled_files_get_precise_reasons(name, reason):
+  path = pydicom.data.get_testdata_file(name)
+  if path is None:
+    pytest.skip(f"pydicom's bundled test file {name} is not installed")
+  with open(path, "rb") as f:
+    _expect_error(f.read(), name, reason)
