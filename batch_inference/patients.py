@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -23,6 +22,7 @@ from beam_pipelines import labels
 from beam_pipelines import rejects
 from bone_age import errors
 from bone_age import reporting
+from bone_age import table_numbers
 from batch_inference import sources
 
 # Where a row's sex came from.
@@ -39,6 +39,8 @@ MAX_CHRONOLOGICAL_AGE_MONTHS = 300.0  # 25 years: beyond any paediatric study
 # Spellings that mean "sex not known" (an empty cell, DICOM's O): such a row
 # leaves the decision to --unknown_sex; any other unrecognised value is an error.
 _UNKNOWN = frozenset({"", "unknown", "o", "other", "nan", "none"})
+_UNKNOWN_AGE = frozenset({"", "unknown"})
+AGE_COLUMN = "chronological_age_months"
 _HEADER_BYTES = 64 * 1024  # the header line must fit in this
 BY_STEM_TAG = "by_stem"
 
@@ -73,18 +75,23 @@ def _parse_male(text: str) -> bool | None:
 
 
 def _parse_age(text: str | None) -> float | None:
-  if text is None or text.strip().lower() in _UNKNOWN:
+  """An empty cell (or "unknown") is an unknown age; anything else must be a strict decimal.
+
+  `nan` is not "unknown": a table that says nan was written by a tool that
+  lost a value, and `1_2` is not 12 (`bone_age.table_numbers`).
+  """
+  if text is None or text.strip().lower() in _UNKNOWN_AGE:
     return None
-  age = float(text)
-  if not math.isfinite(age) or not 0.0 <= age <= MAX_CHRONOLOGICAL_AGE_MONTHS:
-    raise ValueError(f"chronological_age_months={text!r} is not in [0, {MAX_CHRONOLOGICAL_AGE_MONTHS:g}]")
+  age = table_numbers.parse_decimal(text, AGE_COLUMN)
+  if not 0.0 <= age <= MAX_CHRONOLOGICAL_AGE_MONTHS:
+    raise ValueError(f"column {AGE_COLUMN!r}: {text!r} is not in [0, {MAX_CHRONOLOGICAL_AGE_MONTHS:g}]")
   return age
 
 
 def _parse_row(row: dict) -> MetadataRow:
   try:
     return MetadataRow(male=_parse_male(row.get("male") or ""),
-                       chronological_age_months=_parse_age(row.get("chronological_age_months")))
+                       chronological_age_months=_parse_age(row.get(AGE_COLUMN)))
   except ValueError as e:
     return MetadataRow(male=None, chronological_age_months=None, problem=str(e))
 

@@ -14,13 +14,13 @@ streaming each table on a worker, so no row ever enters the job graph.
 import csv
 import dataclasses
 import io
-import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 
 from bone_age import age_groups
 from bone_age import errors
+from bone_age import table_numbers
 from beam_pipelines import rejects
 
 _MALE_WORDS = frozenset({"true", "1", "m", "male", "t", "yes"})
@@ -68,17 +68,21 @@ def parse_sex(value: str) -> bool | None:
   return None
 
 
-def parse_age_months(value: str, source: str) -> float:
-  """Bone age in months, or InputError(invalid_label) for what is not one."""
+def parse_age_months(value: str, source: str, column: str = "boneage") -> float:
+  """Bone age in months, or InputError(invalid_label) for what is not one.
+
+  Strict decimal notation only (`bone_age.table_numbers`): `1_2`, `nan` and
+  `inf` are rejects naming the row (`source`) and the column, never 12 or an
+  unknown.
+  """
   try:
-    age = float(value.strip())
-  except ValueError:
-    raise errors.InputError(source, errors.INVALID_LABEL, f"bone age {value!r} is not a number") from None
-  if not math.isfinite(age):
-    raise errors.InputError(source, errors.INVALID_LABEL, f"bone age {value!r} is not finite")
+    age = table_numbers.parse_decimal(value, column)
+  except ValueError as error:
+    raise errors.InputError(source, errors.INVALID_LABEL, f"bone age: {error}") from None
   if age < 0 or age > age_groups.MAX_AGE_MONTHS:
     raise errors.InputError(
-        source, errors.INVALID_LABEL, f"bone age {age:g} months is outside [0, {age_groups.MAX_AGE_MONTHS:g}]")
+        source, errors.INVALID_LABEL,
+        f"bone age {age:g} months (column {column!r}) is outside [0, {age_groups.MAX_AGE_MONTHS:g}]")
   return age
 
 
@@ -148,7 +152,7 @@ def iter_table(lines: Iterable[str], table_name: str, spec: TableSpec, split: st
         raise errors.InputError(source, errors.INVALID_LABEL, f"row has {len(cells)} cells, expected {len(header)}")
       if not example_id:
         raise errors.InputError(source, errors.INVALID_LABEL, "empty id")
-      age = parse_age_months(cells[age_i], source)
+      age = parse_age_months(cells[age_i], source, header[age_i].strip().lstrip("\ufeff"))
       male = parse_sex(cells[sex_i])
       if male is None:
         raise errors.InputError(source, errors.UNKNOWN_SEX, f"sex {cells[sex_i]!r} is neither male nor female")

@@ -1,4 +1,4 @@
-"""DICOM in and out: pixels and patient facts from a header, and a test writer.
+"""DICOM in: pixels, patient and acquisition facts from a header.
 
 `decode_dicom` turns a single-frame grayscale (or RGB) DICOM into the values a
 viewer would display before its final contrast stretch: stored values ->
@@ -6,26 +6,39 @@ Modality LUT (RescaleSlope/Intercept) -> VOI LUT or window -> MONOCHROME1
 flipped so bone is bright. `bone_age.imaging.normalize_to_uint8` does the
 stretch, the same one as for PNG and JPEG.
 
+Nothing is decoded before its size is known to fit the pixel budget
+(`bone_age.pixel_budget`): Rows/Columns, the compressed frame's own header
+(which is what a decoder allocates) and, for the deflated transfer syntax,
+the inflated size of the dataset.
+
 pydicom is imported inside the functions: importing this module stays cheap
-for Beam workers that never see a DICOM.
+for Beam workers that never see a DICOM. The writer for tests and phantoms is
+`bone_age.dicom_writer`.
 """
 
 import datetime
-import hashlib
 import io
 import warnings
+import zlib
 
 import numpy as np
 
 from bone_age import errors
-from bone_age import imaging
+from bone_age import frame_headers
+from bone_age import pixel_budget
+from bone_age.radiograph import Acquisition, PatientInfo
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-_VALID_SEXES = ("M", "F", "O")
+# Bytes a dataset may inflate to per budgeted pixel: up to 4 bytes of pixel
+# data per pixel (RGB at 8 bits, or 32-bit grey) plus room for the header.
+_INFLATED_BYTES_PER_PIXEL = 4
+_INFLATED_HEADER_BYTES = 1 << 20
+# The pydicom plugin whose JPEG decoder raises on damaged entropy-coded data.
+_STRICT_JPEG_PLUGIN = "pylibjpeg"
 
 
 def decode_dicom(data: bytes, source: str, *,
-                 max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo, imaging.Acquisition]:
+                 max_pixels: int) -> tuple[np.ndarray, PatientInfo, Acquisition]:
   """Decodes DICOM bytes into display-ready grayscale values and patient facts.
 
   Args:
@@ -49,13 +62,14 @@ def decode_dicom(data: bytes, source: str, *,
   # becomes one InputError (or a None field), so the warnings are noise in job logs.
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    return _decode_dataset(_read_dataset(data, source), source, max_pixels)
+    dataset, cut_inside_element = _read_dataset(data, source, max_pixels)
+    return _decode_dataset(dataset, cut_inside_element, source, max_pixels)
 
 
-def _decode_dataset(dataset, source: str,
-                    max_pixels: int) -> tuple[np.ndarray, imaging.PatientInfo, imaging.Acquisition]:
+def _decode_dataset(dataset, cut_inside_element: bool, source: str,
+                    max_pixels: int) -> tuple[np.ndarray, PatientInfo, Acquisition]:
   try:
-    _check_image_header(dataset, source, max_pixels)
+    _check_image_header(dataset, cut_inside_element, source, max_pixels)
     pixels = _display_values(_decode_pixel_data(dataset, source), dataset)
     return pixels, patient_info(dataset), acquisition_info(dataset)
   except errors.InputError:
@@ -68,18 +82,99 @@ def _decode_dataset(dataset, source: str,
                             f"DICOM attributes cannot be interpreted ({type(error).__name__}: {error})") from error
 
 
-def _read_dataset(data: bytes, source: str):
+def _read_dataset(data: bytes, source: str, max_pixels: int):
+  """Parses the dataset; returns (dataset, whether the stream ends inside an element).
+
+  pydicom stops quietly at a data element cut in half, so whether bytes are
+  left after the last element it read tells a cut file from a complete one.
+  """
   import pydicom  # pylint: disable=g-import-not-at-top
 
   if data[:4] == b"DICM":  # Preamble stripped but prefix kept: put the preamble back.
     data = bytes(128) + data
   try:
-    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    deflated = _read_deflated(data, source, max_pixels)
+    if deflated is not None:
+      (dataset, stream), dataset_start = deflated, 0
+    else:
+      dataset, stream = pydicom.dcmread(io.BytesIO(data), force=True), data
+      dataset_start = _dataset_start(dataset, stream)
+  except errors.InputError:
+    raise
   except Exception as error:  # pylint: disable=broad-except  (pydicom raises many types on garbage)
     raise errors.InputError(source, errors.NOT_AN_IMAGE,
                             f"not a readable DICOM file ({type(error).__name__}: {error})") from error
   _ensure_transfer_syntax(dataset)
-  return dataset
+  return dataset, _ends_inside_an_element(dataset, stream, dataset_start)
+
+
+def _read_deflated(data: bytes, source: str, max_pixels: int):
+  """Reads a Deflated Explicit VR Little Endian file, inflating at most the budget.
+
+  pydicom inflates the whole dataset in one call, so a small deflated file
+  could allocate gigabytes before any pixel check. Here the inflation stops
+  one byte past the budget.
+
+  Returns:
+    (dataset, inflated bytes), or None if the file is not deflated.
+  """
+  import pydicom  # pylint: disable=g-import-not-at-top
+  from pydicom import filereader  # pylint: disable=g-import-not-at-top
+
+  stream = io.BytesIO(data)
+  try:
+    filereader.read_preamble(stream, True)
+    # The meta group only: pydicom has no public reader for it from a buffer.
+    meta = filereader._read_file_meta_info(stream)  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except  (no readable meta group: dcmread decides what the file is)
+    return None
+  if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+    return None
+  limit_bytes = max_pixels * _INFLATED_BYTES_PER_PIXEL + _INFLATED_HEADER_BYTES
+  inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+  try:
+    inflated = inflater.decompress(data[stream.tell():], limit_bytes + 1)
+  except zlib.error as error:
+    raise errors.InputError(source, errors.CORRUPT_IMAGE, f"deflated DICOM dataset is corrupt: {error}") from error
+  if len(inflated) > limit_bytes or inflater.unconsumed_tail:
+    raise errors.InputError(source, errors.DECOMPRESSION_BOMB,
+                            f"deflated DICOM dataset inflates to more than {limit_bytes:,} bytes, the limit for "
+                            f"{max_pixels:,} pixels (refused before decoding)")
+  if not inflater.eof:
+    raise errors.InputError(source, errors.TRUNCATED, "deflated DICOM dataset ends before its deflate stream does")
+  dataset = filereader.read_dataset(pydicom.filebase.DicomBytesIO(inflated), is_implicit_VR=False,
+                                    is_little_endian=True)
+  dataset = pydicom.dataset.FileDataset(None, dataset, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+  meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian  # What the dataset now is.
+  return dataset, inflated
+
+
+def _ends_inside_an_element(dataset, stream: bytes, dataset_start: int | None) -> bool:
+  """Whether bytes follow the last data element pydicom could read whole.
+
+  With no dataset element at all (pydicom also drops everything it read
+  when an undefined-length element runs into the end of the file), whether
+  the stream holds anything beyond where the dataset starts, or ends before
+  it. `dataset_start` is None when unknown (no meta group length).
+  """
+  from pydicom.dataelem import RawDataElement  # pylint: disable=g-import-not-at-top
+
+  tags = list(dataset.keys())
+  if not tags:
+    return dataset_start is not None and len(stream) != dataset_start
+  last = dataset.get_item(max(tags))
+  if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
+    return False
+  return len(stream) != last.value_tell + last.length
+
+
+def _dataset_start(dataset, stream: bytes) -> int | None:
+  """Offset of the first dataset element: after the preamble and the meta group."""
+  group_length = dataset.file_meta.get("FileMetaInformationGroupLength") if dataset.file_meta else None
+  if group_length is None:
+    return None
+  meta_start = 132 if stream[128:132] == b"DICM" else 0
+  return meta_start + 12 + int(group_length)  # 12: the group length element itself.
 
 
 def _ensure_transfer_syntax(dataset) -> None:
@@ -102,7 +197,7 @@ def _ensure_transfer_syntax(dataset) -> None:
 
 
 def _is_image_object(dataset) -> bool:
-  """Whether the header says pixel data should follow (so its absence is a cut)."""
+  """Whether the header describes an image (Rows, or an image SOP class)."""
   sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
   return "Rows" in dataset or "Image" in _uid_name(sop_class)
 
@@ -116,17 +211,14 @@ def _uid_name(uid: str) -> str:
     return ""
 
 
-def _check_image_header(dataset, source: str, max_pixels: int) -> None:
+def _check_image_header(dataset, cut_inside_element: bool, source: str, max_pixels: int) -> None:
   if "PixelData" not in dataset:
-    if _is_image_object(dataset):
-      raise errors.InputError(source, errors.TRUNCATED,
-                              "DICOM image has no complete pixel data element (the file is cut short)")
-    raise errors.InputError(source, errors.NOT_AN_IMAGE, "DICOM file holds no pixel data (not an image object)")
+    _raise_without_pixel_data(dataset, cut_inside_element, source)
   for keyword in ("Rows", "Columns", "BitsAllocated"):
     if dataset.get(keyword) is None:
       raise errors.InputError(source, errors.UNSUPPORTED_DICOM, f"DICOM image lacks the {keyword} attribute")
   rows, columns = int(dataset.Rows), int(dataset.Columns)
-  imaging.check_pixel_count(source, rows, columns, max_pixels, "DICOM Rows/Columns")
+  pixel_budget.check_pixel_count(source, rows, columns, max_pixels, "DICOM Rows/Columns")
   frames = int(dataset.get("NumberOfFrames", 1) or 1)
   if frames != 1:
     raise errors.InputError(source, errors.UNSUPPORTED_DICOM,
@@ -139,9 +231,61 @@ def _check_image_header(dataset, source: str, max_pixels: int) -> None:
                             "per pixel is not supported (expected MONOCHROME1/2 or RGB)")
   transfer_syntax = dataset.file_meta.TransferSyntaxUID
   if transfer_syntax.is_compressed:
-    _check_decoder_available(transfer_syntax, source)
+    _check_compressed_frame(dataset, source, max_pixels)
   else:
     _check_uncompressed_length(dataset, source)
+
+
+def _raise_without_pixel_data(dataset, cut_inside_element: bool, source: str):
+  if cut_inside_element:
+    raise errors.InputError(source, errors.TRUNCATED,
+                            "DICOM file ends inside a data element, before any pixel data (the file is cut short)")
+  if not list(dataset.keys()):
+    raise errors.InputError(source, errors.NOT_AN_IMAGE, "DICOM file holds no data elements at all")
+  if _is_image_object(dataset):
+    raise errors.InputError(source, errors.NO_PIXEL_DATA,
+                            "DICOM image object has no pixel data element: its last attribute is complete and "
+                            "nothing follows (pixel data left out, or the file was cut exactly before it)")
+  raise errors.InputError(source, errors.NO_PIXEL_DATA, "DICOM object holds no pixel data (not an image object)")
+
+
+def _check_compressed_frame(dataset, source: str, max_pixels: int) -> None:
+  """Reads the compressed frame's own header: its size is what a decoder allocates.
+
+  Refused: a frame larger than the budget or not the size Rows/Columns say
+  (DECOMPRESSION_BOMB, UNSUPPORTED_DICOM), a frame cut short (TRUNCATED), and
+  a compression whose frame header cannot be read here (UNSUPPORTED_DICOM).
+  """
+  import pydicom.uid  # pylint: disable=g-import-not-at-top
+  from pydicom.encaps import generate_frames  # pylint: disable=g-import-not-at-top
+
+  transfer_syntax = dataset.file_meta.TransferSyntaxUID
+  is_jpeg = transfer_syntax in pydicom.uid.JPEGTransferSyntaxes or transfer_syntax in pydicom.uid.JPEGLSTransferSyntaxes
+  is_j2k = transfer_syntax in pydicom.uid.JPEG2000TransferSyntaxes
+  is_rle = transfer_syntax in pydicom.uid.RLETransferSyntaxes
+  if not (is_jpeg or is_j2k or is_rle):
+    _check_decoder_available(transfer_syntax, source)
+    raise errors.InputError(source, errors.UNSUPPORTED_DICOM,
+                            f"DICOM transfer syntax {transfer_syntax.name}: its frame size cannot be checked "
+                            "before decoding")
+  try:
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+  except Exception as error:  # pylint: disable=broad-except  (pydicom raises several types on a cut sequence)
+    raise errors.InputError(source, errors.TRUNCATED,
+                            f"DICOM encapsulated pixel data ends early or is malformed ({type(error).__name__}: "
+                            f"{error})") from error
+  what = f"DICOM {transfer_syntax.name} frame"
+  if is_rle:
+    bytes_per_sample = (int(dataset.BitsAllocated) + 7) // 8
+    frame_headers.check_rle_frame(frame, source, int(dataset.get("SamplesPerPixel", 1) or 1) * bytes_per_sample)
+  else:
+    read_frame = frame_headers.read_jpeg_frame if is_jpeg else frame_headers.read_j2k_frame
+    height_px, width_px = read_frame(frame, source, max_pixels, what)
+    if (height_px, width_px) != (int(dataset.Rows), int(dataset.Columns)):
+      raise errors.InputError(source, errors.UNSUPPORTED_DICOM,
+                              f"{what} header declares {width_px}x{height_px}, but Rows/Columns say "
+                              f"{dataset.Columns}x{dataset.Rows}")
+  _check_decoder_available(transfer_syntax, source)
 
 
 def _check_decoder_available(transfer_syntax, source: str) -> None:
@@ -174,24 +318,37 @@ def _check_uncompressed_length(dataset, source: str) -> None:
 
 
 def _decode_pixel_data(dataset, source: str) -> np.ndarray:
-  """Stored values, masked to BitsStored and sign-extended by pydicom."""
+  """Stored values, masked to BitsStored and sign-extended by pydicom.
+
+  Streams that end early were refused by the header checks, so a decoder's
+  exception here means damaged data (CORRUPT_IMAGE, in libjpeg's words) or a
+  coding the decoder refuses (DECODER_ERROR).
+  """
+  _prefer_strict_jpeg_plugin(dataset)
   try:
     pixels = dataset.pixel_array
   except Exception as error:  # pylint: disable=broad-except  (decoder plugins raise their own types)
     transfer_syntax = dataset.file_meta.TransferSyntaxUID
-    reason = errors.TRUNCATED if _looks_truncated(error) else errors.UNSUPPORTED_DICOM
-    raise errors.InputError(source, reason,
-                            f"DICOM pixel data ({transfer_syntax.name}) cannot be decoded: "
-                            f"{type(error).__name__}: {error}") from error
+    raise errors.decoder_failure(source, f"DICOM pixel data ({transfer_syntax.name})", error) from error
   if pixels.ndim == 3:  # (H, W, 3): pydicom has converted YBR to RGB.
     pixels = _luminance(pixels)
   return pixels
 
 
-def _looks_truncated(error: Exception) -> bool:
-  text = str(error).lower()
-  return isinstance(error, EOFError) or any(
-      word in text for word in ("truncat", "end of", "ended", "not enough", "less than", "insufficient"))
+def _prefer_strict_jpeg_plugin(dataset) -> None:
+  """JPEG and JPEG-LS frames decode with pylibjpeg only.
+
+  pydicom tries its plugins in turn: when pylibjpeg-libjpeg refuses damaged
+  data, Pillow would decode the same frame and return an image, silently.
+  """
+  import pydicom.uid  # pylint: disable=g-import-not-at-top
+  from pydicom.pixels import get_decoder  # pylint: disable=g-import-not-at-top
+
+  transfer_syntax = dataset.file_meta.TransferSyntaxUID
+  if transfer_syntax not in pydicom.uid.JPEGTransferSyntaxes and transfer_syntax not in pydicom.uid.JPEGLSTransferSyntaxes:
+    return
+  if _STRICT_JPEG_PLUGIN in get_decoder(transfer_syntax).available_plugins:
+    dataset.pixel_array_options(decoding_plugin=_STRICT_JPEG_PLUGIN)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
@@ -294,22 +451,22 @@ def _as_uint16_table(table: np.ndarray) -> np.ndarray:
   return np.rint((table.astype(np.float64) - low) * (65535.0 / (high - low))).astype(np.uint16)
 
 
-def patient_info(dataset) -> imaging.PatientInfo:
+def patient_info(dataset) -> PatientInfo:
   """Sex, birth date and study date from a header; unusable values -> None."""
   sex = str(dataset.get("PatientSex", "") or "").strip().upper()
-  return imaging.PatientInfo(
+  return PatientInfo(
       sex=sex if sex in ("M", "F") else None,
       birth_date=_parse_date(dataset.get("PatientBirthDate")),
       study_date=_parse_date(dataset.get("StudyDate")),
   )
 
 
-def acquisition_info(dataset) -> imaging.Acquisition:
+def acquisition_info(dataset) -> Acquisition:
   """Modality, body part, view and laterality from a header; absent -> None."""
   def text(keyword):
     value = str(dataset.get(keyword, "") or "").strip().upper()
     return value or None
-  return imaging.Acquisition(
+  return Acquisition(
       modality=text("Modality"),
       body_part=text("BodyPartExamined"),
       view_position=text("ViewPosition"),
@@ -327,124 +484,3 @@ def _parse_date(value) -> datetime.date | None:
     return datetime.datetime.strptime(text, "%Y%m%d").date()
   except ValueError:
     return None
-
-
-# ------------------------------------------------------------------ writing
-
-
-def encode_dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                 sex: str | None = None, birth_date: datetime.date | None = None,
-                 study_date: datetime.date | None = None, patient_name: str | None = None,
-                 window: tuple[float, float] | None = None, rescale: tuple[float, float] | None = None,
-                 preamble: bool = True) -> bytes:
-  """Writes a Secondary-Capture DICOM (uncompressed, explicit VR little endian).
-
-  The pixels are written as the stored values, exactly as given: with
-  photometric="MONOCHROME1" pass the inverted image (a viewer displays
-  max - value), as a MONOCHROME1 detector would store it. UIDs are derived
-  from the content, so the same arguments give the same bytes.
-
-  Args:
-    pixels: (H, W) uint8 (8 bits allocated), uint16 or int16 (16 allocated).
-    photometric: "MONOCHROME2" (high = bright) or "MONOCHROME1" (high = dark).
-    bits_stored: Significant bits; default all allocated bits. Values must fit.
-    sex: PatientSex "M", "F", "O" or None (written empty).
-    birth_date: PatientBirthDate.
-    study_date: StudyDate.
-    patient_name: PatientName (readers must never copy it into outputs).
-    window: (WindowCenter, WindowWidth) in rescaled units.
-    rescale: (RescaleSlope, RescaleIntercept).
-    preamble: False writes neither the 128-byte preamble nor 'DICM' (the file
-      meta group still comes first), as some older tools do.
-
-  Returns:
-    The file's bytes.
-  """
-  from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=g-import-not-at-top
-  from pydicom import uid as dicom_uid  # pylint: disable=g-import-not-at-top
-  import pydicom  # pylint: disable=g-import-not-at-top
-
-  pixels = np.asarray(pixels)
-  bits_allocated, bits_stored = _validate_encode_args(pixels, photometric, bits_stored, sex)
-  content_hash = hashlib.sha256(pixels.tobytes())
-  content_hash.update(repr((pixels.shape, photometric, bits_stored, sex, birth_date, study_date, patient_name,
-                            window, rescale)).encode())
-  study_uid, series_uid, instance_uid = (
-      dicom_uid.generate_uid(entropy_srcs=[content_hash.hexdigest(), part]) for part in ("study", "series", "sop"))
-
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = dicom_uid.SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = instance_uid
-  meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-  dataset = Dataset()
-  dataset.file_meta = meta
-  dataset.SpecificCharacterSet = "ISO_IR 100"
-  dataset.ImageType = ["DERIVED", "SECONDARY"]
-  dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-  dataset.SOPInstanceUID = instance_uid
-  dataset.StudyDate = study_date.strftime("%Y%m%d") if study_date else ""
-  dataset.Modality = "OT"
-  dataset.ConversionType = "WSD"
-  dataset.BodyPartExamined = "HAND"
-  dataset.PatientName = patient_name or ""
-  dataset.PatientID = ""
-  dataset.PatientBirthDate = birth_date.strftime("%Y%m%d") if birth_date else ""
-  dataset.PatientSex = sex or ""
-  dataset.StudyInstanceUID = study_uid
-  dataset.SeriesInstanceUID = series_uid
-  dataset.StudyID = ""
-  dataset.SeriesNumber = 1
-  dataset.InstanceNumber = 1
-  dataset.SamplesPerPixel = 1
-  dataset.PhotometricInterpretation = photometric
-  dataset.Rows, dataset.Columns = pixels.shape
-  dataset.BitsAllocated = bits_allocated
-  dataset.BitsStored = bits_stored
-  dataset.HighBit = bits_stored - 1
-  dataset.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-  if window is not None:
-    dataset.WindowCenter, dataset.WindowWidth = (_decimal_string(value) for value in window)
-  if rescale is not None:
-    dataset.RescaleSlope, dataset.RescaleIntercept = (_decimal_string(value) for value in rescale)
-  dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
-
-  buffer = io.BytesIO()
-  if preamble:
-    dataset.preamble = b"\x00" * 128
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-  else:
-    dataset.preamble = None
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=False)
-  return buffer.getvalue()
-
-
-def _decimal_string(value: float) -> str:
-  """A DS value (at most 16 characters)."""
-  text = f"{float(value):.10g}"
-  return text if len(text) <= 16 else f"{float(value):.8e}"
-
-
-def _validate_encode_args(pixels: np.ndarray, photometric: str, bits_stored: int | None,
-                          sex: str | None) -> tuple[int, int]:
-  if pixels.ndim != 2 or pixels.size == 0:
-    raise ValueError(f"pixels must be a non-empty (H, W) array, got shape {pixels.shape}")
-  if pixels.dtype == np.uint8:
-    bits_allocated = 8
-  elif pixels.dtype in (np.uint16, np.int16):
-    bits_allocated = 16
-  else:
-    raise ValueError(f"pixels must be uint8, uint16 or int16, got {pixels.dtype}")
-  if photometric not in _MONOCHROME:
-    raise ValueError(f"photometric must be one of {_MONOCHROME}, got {photometric!r}")
-  if sex is not None and sex not in _VALID_SEXES:
-    raise ValueError(f"sex must be one of {_VALID_SEXES} or None, got {sex!r}")
-  bits_stored = bits_allocated if bits_stored is None else int(bits_stored)
-  if not 1 <= bits_stored <= bits_allocated:
-    raise ValueError(f"bits_stored must be in [1, {bits_allocated}] for {pixels.dtype}, got {bits_stored}")
-  if pixels.dtype == np.int16:
-    low, high = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
-  else:
-    low, high = 0, (1 << bits_stored) - 1
-  if pixels.min() < low or pixels.max() > high:
-    raise ValueError(f"pixel values [{pixels.min()}, {pixels.max()}] do not fit {bits_stored} stored bits")
-  return bits_allocated, bits_stored

@@ -8,7 +8,10 @@ grouping) and the message names the input and says what is wrong in words.
 # Stable reason codes. Jobs count rejects by these strings.
 MISSING_FILE = "missing_file"
 EMPTY_FILE = "empty_file"
-TRUNCATED = "truncated"
+TRUNCATED = "truncated"  # the byte stream ends before its structure says it should
+CORRUPT_IMAGE = "corrupt_image"  # complete, but the decoder found damaged data (CRC, entropy coding)
+NO_PIXEL_DATA = "no_pixel_data"  # a complete DICOM object without a pixel data element
+DECODER_ERROR = "decoder_error"  # a decoder refused a complete, well-formed stream
 NOT_AN_IMAGE = "not_an_image"
 DECOMPRESSION_BOMB = "decompression_bomb"
 UNSUPPORTED_DICOM = "unsupported_dicom"
@@ -52,3 +55,22 @@ class InputError(ValueError):
         "reason": self.reason,
         "detail": self.detail,
     }
+
+
+# Words in libjpeg's (and libjpeg-turbo's) messages for damaged entropy-coded data.
+_DAMAGED_DATA_WORDS = ("corrupt", "premature end", "huffman", "out of sync")
+
+
+def decoder_failure(source: str, what: str, error: Exception) -> InputError:
+  """A decoder's exception as CORRUPT_IMAGE (damaged data) or DECODER_ERROR.
+
+  Args:
+    source: The input's name.
+    what: The stream that failed, for the message ("JPEG", "DICOM pixel data").
+    error: The decoder's exception; its message is kept in the detail.
+  """
+  message = f"{type(error).__name__}: {str(error).strip()}"
+  if isinstance(error, EOFError):
+    return InputError(source, TRUNCATED, f"{what} ends early: {message}")
+  damaged = any(word in message.lower() for word in _DAMAGED_DATA_WORDS)
+  return InputError(source, CORRUPT_IMAGE if damaged else DECODER_ERROR, f"{what} cannot be decoded: {message}")

@@ -5,24 +5,27 @@ model sees the same representation whatever the file format: a (H, W) uint8
 image, bone bright (MONOCHROME2), contrast-stretched by `normalize_to_uint8`.
 
 Bad input raises exactly one `InputError` whose reason says what is wrong:
-EMPTY_FILE, TRUNCATED (structure ends early: cv2 happily decodes a PNG cut in
-half), NOT_AN_IMAGE, UNSUPPORTED_FORMAT (a real image format we do not read),
-DECOMPRESSION_BOMB (checked from the header, before any pixel is decoded) and,
-for DICOM, UNSUPPORTED_DICOM.
+EMPTY_FILE, TRUNCATED (the stream ends early: cv2 happily decodes a PNG cut in
+half), CORRUPT_IMAGE (a complete file whose data the decoder finds damaged: a
+PNG chunk failing its CRC, a JPEG whose entropy-coded data libjpeg calls
+corrupt; decoders only warn about these and return an image), NOT_AN_IMAGE,
+UNSUPPORTED_FORMAT (a real image format we do not read), DECOMPRESSION_BOMB
+(checked from the header, before any pixel is decoded) and, for DICOM, the
+reasons of `bone_age.dicom`.
 """
 
-import dataclasses
-import datetime
 import struct
+import zlib
 
 import cv2
 import numpy as np
 
 from bone_age import errors
-
-# A 2000x1600 radiograph is 3.2 megapixels; 50 MP leaves room for 7000x7000
-# detector images while refusing headers that would allocate gigabytes.
-DEFAULT_MAX_PIXELS: int = 50_000_000
+from bone_age import frame_headers
+from bone_age import pixel_budget
+# Re-exported: callers name these through this module.
+from bone_age.pixel_budget import DEFAULT_MAX_PIXELS, check_pixel_count  # pylint: disable=unused-import
+from bone_age.radiograph import Acquisition, PatientInfo, Radiograph  # pylint: disable=unused-import
 
 # Order statistics of the contrast stretch, in percent of the pixel count.
 LOW_PERCENTILE = 0.5
@@ -39,11 +42,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_PALETTE = 3
 _PNG_COLOR_TYPES_WITH_ALPHA = (4, 6)
 _JPEG_SOI = b"\xff\xd8\xff"
-# Start-of-frame markers: baseline, extended, progressive, lossless, in the
-# Huffman and arithmetic flavours (C4 = DHT, C8 = JPG, CC = DAC are not frames).
-_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_JPEG_SOS = 0xDA
-_JPEG_EOI = 0xD9
 _DICOM_VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split())
 # Image formats people may hand us that we recognise but do not decode.
@@ -51,43 +49,6 @@ _OTHER_IMAGE_MAGIC = (
     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"GIF8", "GIF"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class PatientInfo:
-  """What a DICOM header says about the patient: never names or identifiers."""
-  sex: str | None  # "M", "F", or None when unknown / other.
-  birth_date: datetime.date | None
-  study_date: datetime.date | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Acquisition:
-  """What a DICOM header says about the image: what was radiographed, and how.
-
-  Each field is the header's value, stripped and upper-cased, or None when
-  the header lacks it; the quality gate decides what the values mean.
-  """
-  modality: str | None  # (0008,0060), e.g. "CR", "DX".
-  body_part: str | None  # BodyPartExamined (0018,0015), e.g. "HAND".
-  view_position: str | None  # (0018,5101), e.g. "PA".
-  laterality: str | None  # ImageLaterality (0020,0062), else Laterality (0020,0060): "L", "R", "B", "U".
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Radiograph:
-  """A decoded radiograph in the one representation every consumer uses.
-
-  Attributes:
-    pixels: (H, W) uint8, bone bright, stretched by `normalize_to_uint8`.
-    source_format: "png", "jpeg" or "dicom".
-    patient: PatientInfo from the DICOM header; None for PNG and JPEG.
-    acquisition: Acquisition from the DICOM header; None for PNG and JPEG.
-  """
-  pixels: np.ndarray
-  source_format: str
-  patient: PatientInfo | None
-  acquisition: Acquisition | None = None
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -168,51 +129,39 @@ def _unrecognised_format_error(data: bytes, source: str) -> errors.InputError:
                            f"not a PNG, JPEG or DICOM image (first bytes {data[:8]!r}, {len(data)} bytes)")
 
 
-def check_pixel_count(source: str, height_px: int, width_px: int, max_pixels: int, what: str) -> None:
-  """Raises before decoding if a header's dimensions are empty or too large.
-
-  Args:
-    source: The input's name, for the error.
-    height_px: Height declared by the header.
-    width_px: Width declared by the header.
-    max_pixels: The decompression-bomb limit.
-    what: The header the numbers come from, for the message ("PNG IHDR").
-  """
-  if height_px <= 0 or width_px <= 0:
-    raise errors.InputError(source, errors.NOT_AN_IMAGE, f"{what} declares an empty {width_px}x{height_px} image")
-  pixel_count = height_px * width_px
-  if pixel_count > max_pixels:
-    raise errors.InputError(
-        source, errors.DECOMPRESSION_BOMB,
-        f"{what} declares {width_px}x{height_px} = {pixel_count:,} pixels, above the limit of {max_pixels:,} "
-        "(refused before decoding)")
-
-
 # --------------------------------------------------------------------------- PNG
 
 
 def _read_png_header(data: bytes, source: str, max_pixels: int) -> tuple[int, int, bool]:
-  """Checks the PNG chunk structure; returns (bit_depth, color_type, has_trns).
+  """Checks the PNG chunk structure and CRCs; returns (bit_depth, color_type, has_trns).
 
   cv2 decodes a PNG whose tail is cut off without complaint (missing rows come
-  out black), so the chunk chain is walked to its IEND here. Walking only
-  reads the 8-byte chunk headers: a few hundred per radiograph.
+  out black), so the chunk chain is walked to its IEND here; every chunk's
+  CRC is checked on the way, so bit-rot is named (chunk and byte offset)
+  rather than left to libpng, which reports to stderr only.
   """
   if len(data) < 33 or data[12:16] != b"IHDR":
     if len(data) < 33:
       raise errors.InputError(source, errors.TRUNCATED, f"PNG file ends after {len(data)} bytes, inside its header")
     raise errors.InputError(source, errors.NOT_AN_IMAGE, "PNG signature is not followed by an IHDR header")
   width_px, height_px, bit_depth, color_type = struct.unpack_from(">IIBB", data, 16)
-  check_pixel_count(source, height_px, width_px, max_pixels, "PNG header")
+  pixel_budget.check_pixel_count(source, height_px, width_px, max_pixels, "PNG header")
   size = len(data)
+  view = memoryview(data)
   position = 8
   has_trns = False
   while position + 8 <= size:
     length, chunk_type = struct.unpack_from(">I4s", data, position)
+    chunk_start = position
     position += 12 + length
     if position > size:
       raise errors.InputError(source, errors.TRUNCATED,
                               f"PNG file ends inside its {chunk_type.decode('latin-1')!r} chunk ({size} bytes)")
+    (stored_crc,) = struct.unpack_from(">I", data, position - 4)
+    if zlib.crc32(view[chunk_start + 4:position - 4]) != stored_crc:
+      raise errors.InputError(source, errors.CORRUPT_IMAGE,
+                              f"PNG {chunk_type.decode('latin-1')!r} chunk at byte {chunk_start} fails its CRC check "
+                              "(the file is damaged)")
     if chunk_type == b"IEND":
       return bit_depth, color_type, has_trns
     has_trns = has_trns or chunk_type == b"tRNS"
@@ -240,7 +189,10 @@ def _decode_png(data: bytes, source: str, max_pixels: int) -> np.ndarray:
     flags = cv2.IMREAD_GRAYSCALE | depth_flag
   decoded = _imdecode(data, flags)
   if decoded is None:
-    raise errors.InputError(source, errors.NOT_AN_IMAGE, "PNG pixel data is corrupt and cannot be decoded")
+    # Chunks and CRCs are intact, so the compressed pixel stream itself is
+    # damaged (libpng: bad filter, incorrect data check, too little data).
+    raise errors.InputError(source, errors.CORRUPT_IMAGE,
+                            "PNG pixel data is corrupt: libpng cannot decode its compressed image stream")
   return _to_gray(decoded)
 
 
@@ -269,59 +221,37 @@ def _to_gray(decoded: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------------------- JPEG
 
 
-def _read_jpeg_header(data: bytes, source: str, max_pixels: int) -> None:
-  """Walks the JPEG marker segments to the first scan; checks size and EOI.
-
-  A truncated JPEG decodes (libjpeg fills the rest grey and warns), so the
-  end-of-image marker must follow the first scan. Inside entropy-coded data
-  0xFF is always stuffed, so FF D9 after the scan can only be the real EOI;
-  segments before the scan (EXIF thumbnails) are skipped by their lengths.
-  """
-  size = len(data)
-  position = 2
-  frame_seen = False
-  while True:
-    if position + 2 > size:
-      raise errors.InputError(source, errors.TRUNCATED, f"JPEG file ends inside its header ({size} bytes)")
-    if data[position] != 0xFF:
-      raise errors.InputError(source, errors.NOT_AN_IMAGE, f"JPEG marker structure is corrupt at byte {position}")
-    marker = data[position + 1]
-    if marker == 0xFF:  # Fill byte before a marker.
-      position += 1
-      continue
-    if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # Markers without a length.
-      position += 2
-      continue
-    if marker == _JPEG_EOI:
-      raise errors.InputError(source, errors.NOT_AN_IMAGE, "JPEG file ends before any image scan")
-    if position + 4 > size:
-      raise errors.InputError(source, errors.TRUNCATED, f"JPEG file ends inside its header ({size} bytes)")
-    (length,) = struct.unpack_from(">H", data, position + 2)
-    segment_end = position + 2 + length
-    if length < 2 or segment_end > size:
-      raise errors.InputError(source, errors.TRUNCATED, f"JPEG file ends inside a marker segment ({size} bytes)")
-    if marker in _JPEG_SOF_MARKERS:
-      if length < 8:
-        raise errors.InputError(source, errors.NOT_AN_IMAGE, "JPEG frame header is too short")
-      height_px, width_px = struct.unpack_from(">HH", data, position + 5)
-      check_pixel_count(source, height_px, width_px, max_pixels, "JPEG frame header")
-      frame_seen = True
-    elif marker == _JPEG_SOS:
-      if not frame_seen:
-        raise errors.InputError(source, errors.NOT_AN_IMAGE, "JPEG scan starts before any frame header")
-      if data.rfind(b"\xff\xd9", segment_end) < 0:
-        raise errors.InputError(source, errors.TRUNCATED,
-                                f"JPEG file ends without its end-of-image marker ({size} bytes)")
-      return
-    position = segment_end
-
-
 def _decode_jpeg(data: bytes, source: str, max_pixels: int) -> np.ndarray:
-  """JPEG -> (H, W) uint8 (colour JPEGs give their luma channel)."""
-  _read_jpeg_header(data, source, max_pixels)
+  """JPEG -> (H, W) uint8 (colour JPEGs give their luma channel).
+
+  libjpeg reports damaged entropy-coded data ("Corrupt JPEG data ...",
+  "Premature end of data segment") as warnings and returns an image anyway;
+  cv2 only prints them. simplejpeg (libjpeg-turbo, the same pixels as cv2)
+  with strict=True raises them instead, at no extra cost. Without simplejpeg
+  installed, pylibjpeg-libjpeg (a core dependency, but slower)
+  checks the stream before cv2 decodes it.
+  """
+  frame_headers.read_jpeg_frame(data, source, max_pixels)
+  try:
+    import simplejpeg  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _decode_jpeg_checked_by_libjpeg(data, source)
+  try:
+    return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)[:, :, 0]
+  except ValueError as error:
+    raise errors.decoder_failure(source, "JPEG", error) from error
+
+
+def _decode_jpeg_checked_by_libjpeg(data: bytes, source: str) -> np.ndarray:
+  from libjpeg import decode as libjpeg_decode  # pylint: disable=g-import-not-at-top
+
+  try:
+    libjpeg_decode(data)
+  except (RuntimeError, ValueError) as error:
+    raise errors.decoder_failure(source, "JPEG", error) from error
   decoded = _imdecode(data, cv2.IMREAD_GRAYSCALE)
   if decoded is None:
-    raise errors.InputError(source, errors.NOT_AN_IMAGE, "JPEG data is corrupt or uses a coding cv2 cannot decode")
+    raise errors.InputError(source, errors.DECODER_ERROR, "JPEG data uses a coding cv2 cannot decode")
   return decoded
 
 

@@ -203,7 +203,7 @@ def _dicom_bytes(pixels: np.ndarray, example_id: str, boneage_months: float, mal
   inverted writes MONOCHROME1 (stored high = dark), as many CR detectors do,
   so readers must invert it to get the same picture back.
   """
-  from bone_age import dicom  # pylint: disable=g-import-not-at-top  (pydicom only when DICOM is asked for)
+  from bone_age import dicom_writer  # pylint: disable=g-import-not-at-top  (pydicom only when DICOM is asked for)
 
   study_date = datetime.date(2019, 1, 1) + datetime.timedelta(days=int(rng.integers(0, 730)))
   chronological_months = max(1.0, boneage_months + rng.normal(0.0, _CHRONOLOGICAL_SD_MONTHS))
@@ -211,9 +211,9 @@ def _dicom_bytes(pixels: np.ndarray, example_id: str, boneage_months: float, mal
   stored = pixels.astype(np.uint16) * 16  # 8-bit grey levels spread over 12 bits
   if inverted:
     stored = _MAX_12_BIT - stored
-  return dicom.encode_dicom(stored, photometric="MONOCHROME1" if inverted else "MONOCHROME2", bits_stored=12,
-                            sex="M" if male else "F", birth_date=birth_date, study_date=study_date,
-                            patient_name=f"PHANTOM^CASE {example_id}")
+  return dicom_writer.encode_dicom(stored, photometric="MONOCHROME1" if inverted else "MONOCHROME2", bits_stored=12,
+                                   sex="M" if male else "F", birth_date=birth_date, study_date=study_date,
+                                   patient_name=f"PHANTOM^CASE {example_id}")
 
 
 def _is_dicom(image_format: str, index: int) -> bool:

@@ -9,6 +9,8 @@ mkdir -p "$out"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 echo "=== benchmarks/bench_preprocess.py"
 python benchmarks/bench_preprocess.py --output_dir="$out"
+echo "=== benchmarks/bench_decode_integrity.py"
+python benchmarks/bench_decode_integrity.py --output_dir="$out"
 echo "=== benchmarks/bench_train.py"
 python benchmarks/bench_train.py --output="$out/train.json"
 echo "=== benchmarks/bench_score.py"

@@ -7,10 +7,13 @@ they are absent. The project never copies them.
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Shared test helpers (corrupt_inputs): importlib mode does not put test folders on sys.path.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 SHARED_DATA = pathlib.Path(os.environ.get("BONEAGE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -3,12 +3,12 @@
 import datetime
 import io
 import pathlib
-import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+
+import corrupt_inputs
 
 IMAGE_SIZE_PX = 64
 
@@ -53,18 +53,13 @@ class Make:
 
   @staticmethod
   def dicom(pixels: np.ndarray, **kwargs) -> bytes:
-    from bone_age import dicom  # pylint: disable=g-import-not-at-top
-    return dicom.encode_dicom(pixels, **kwargs)
+    from bone_age import dicom_writer  # pylint: disable=g-import-not-at-top
+    return dicom_writer.encode_dicom(pixels, **kwargs)
 
   @staticmethod
   def png_bomb(width_px: int = 60_000, height_px: int = 60_000) -> bytes:
     """A PNG whose header declares 3.6 G pixels (refused before decoding)."""
-    ihdr = struct.pack(">IIBBBBB", width_px, height_px, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    idat_data = zlib.compress(b"\x00" * 1000)
-    idat = struct.pack(">I", len(idat_data)) + b"IDAT" + idat_data + struct.pack(">I", zlib.crc32(b"IDAT" + idat_data))
-    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-    return b"\x89PNG\r\n\x1a\n" + chunk + idat + iend
+    return corrupt_inputs.png_bomb(width_px, height_px)
 
   @staticmethod
   def unsupported_dicom(pixels: np.ndarray) -> bytes:

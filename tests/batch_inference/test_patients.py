@@ -40,6 +40,16 @@ def test_csv_parsing_accepts_common_spellings_and_keeps_bad_rows_with_their_prob
   assert table["7"] == patients.MetadataRow(True, 3.0)  # the same row twice is not a conflict
 
 
+@pytest.mark.parametrize("cell", ["1_2", "nan", "inf", "-inf", "1e999", "0x10"])
+def test_metadata_ages_are_strict_decimals(cell):
+  """`float` reads 1_2 as 12; nan once meant "unknown": both are problems naming the line, id and column."""
+  table = _table(f"id,male,chronological_age_months\n1,M,{cell}\n2,M,12\n3,M,\n")
+  assert "meta.csv" in table["1"].problem and "'1'" in table["1"].problem
+  assert "'chronological_age_months'" in table["1"].problem and repr(cell) in table["1"].problem
+  assert table["2"] == patients.MetadataRow(True, 12.0)
+  assert table["3"] == patients.MetadataRow(True, None)  # An empty cell is an unknown age.
+
+
 def test_a_line_that_is_not_utf8_is_a_problem_row_not_a_crash():
   fields = ["id", "male", "chronological_age_months"]
   [(example_id, row)] = patients.parse_metadata_line(b"9,M,\xff\xfe", fields, "m.csv")

@@ -58,6 +58,22 @@ def test_bad_rows_are_rejected_with_reason_and_line():
   assert {i for _, i in rejected} == {"1", "2", "3", "4", "5", None, "7"}
 
 
+@pytest.mark.parametrize("cell", ["1_2", "nan", "NaN", "inf", "-Infinity", "0x10", "1e999", "12 months", "١٢"])
+def test_age_cells_that_python_float_would_read_are_rejected(cell):
+  """`float` reads 1_2 as 12 and accepts nan/inf; a label table holds plain decimals only."""
+  rows, rejected = labels.parse_table(f"id,boneage,male\n1,{cell},True\n2,12,True\n", "labels.csv", labels.TRAIN_SPEC)
+  assert [r.id for r in rows] == ["2"]
+  [(error, example_id)] = rejected
+  assert (error.reason, error.source, example_id) == (errors.INVALID_LABEL, "labels.csv:2", "1")
+  assert "'boneage'" in error.detail and repr(cell) in error.detail
+
+
+@pytest.mark.parametrize("cell,expected", [("12", 12.0), (" 12.5 ", 12.5), ("+7", 7.0), (".5", 0.5), ("1.2e2", 120.0)])
+def test_plain_decimal_ages_still_parse(cell, expected):
+  rows, rejected = labels.parse_table(f"id,boneage,male\n1,{cell},True\n", "labels.csv", labels.TRAIN_SPEC)
+  assert rejected == [] and rows[0].boneage_months == expected
+
+
 def test_missing_column_is_a_layout_error_not_a_row_error():
   with pytest.raises(ValueError, match="no column 'boneage'"):
     labels.parse_table("id,age,male\n1,2,True\n", "labels.csv", labels.TRAIN_SPEC)

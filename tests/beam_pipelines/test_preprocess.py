@@ -6,13 +6,12 @@ import os
 import pathlib
 import subprocess
 import sys
-import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 
+import corrupt_inputs
 from beam_pipelines import preprocess
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -88,13 +87,6 @@ def test_usage_errors_exit_2_with_a_message(capsys, tmp_path):
   assert exit_info.value.code == 2 and "matches no supported layout" in capsys.readouterr().err
 
 
-def _png_bomb(width_px=30000, height_px=30000) -> bytes:
-  def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-  header = struct.pack(">IIBBBBB", width_px, height_px, 8, 0, 0, 0, 0)
-  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def _hand_png(seed):
   rng = np.random.default_rng(seed)
   image = np.zeros((80, 60), np.uint8)
@@ -110,7 +102,7 @@ def _bad_inputs_dir(root: pathlib.Path):
   for i in range(16):
     rows.append(f"{100 + i},{12 + 13 * i},{i % 2 == 0}")
     (root / "images" / f"{100 + i}.png").write_bytes(_hand_png(i))
-  files = {"201": None, "202": b"", "203": good[: len(good) // 2], "204": b"GIF? no, plain text", "205": _png_bomb()}
+  files = {"201": None, "202": b"", "203": good[: len(good) // 2], "204": b"GIF? no, plain text", "205": corrupt_inputs.png_bomb(30000, 30000)}
   reasons = {"201": "missing_file", "202": "empty_file", "203": "truncated", "204": "not_an_image",
              "205": "decompression_bomb"}
   for example_id, data in files.items():

@@ -1,8 +1,6 @@
 """DecodeLetterboxFn and the rejects plumbing on a real (in-process) Beam pipeline."""
 
 import json
-import struct
-import zlib
 
 import apache_beam as beam
 import cv2
@@ -11,6 +9,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 
+import corrupt_inputs
 from bone_age import errors
 from beam_pipelines import rejects
 from beam_pipelines import transforms
@@ -21,14 +20,6 @@ def _png(height=60, width=40, value=200):
   image[10:50, 5:35] = value
   image[20:30, 10:20] = value // 2
   return cv2.imencode(".png", image)[1].tobytes()
-
-
-def png_bomb(width_px=30000, height_px=30000) -> bytes:
-  """A valid little PNG whose IHDR claims width x height pixels."""
-  def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-  header = struct.pack(">IIBBBBB", width_px, height_px, 8, 0, 0, 0, 0)
-  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _check_prepared(prepared):
@@ -50,7 +41,7 @@ def test_decode_letterbox_keeps_good_and_rejects_every_bad_input():
   good = _png()
   inputs = [("good", "a/good.png", good), ("empty", "a/empty.png", b""),
             ("truncated", "a/truncated.png", good[: len(good) // 2]),
-            ("text", "a/text.png", b"this is not an image"), ("bomb", "a/bomb.png", png_bomb())]
+            ("text", "a/text.png", b"this is not an image"), ("bomb", "a/bomb.png", corrupt_inputs.png_bomb(30000, 30000))]
   pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
   outputs = (pipeline | beam.Create(inputs)
              | beam.ParDo(transforms.DecodeLetterboxFn(32)).with_outputs(rejects.REJECTS_TAG, main="images"))

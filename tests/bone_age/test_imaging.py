@@ -2,14 +2,15 @@
 
 import io
 import struct
-import zlib
+import sys
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from bone_age import dicom
+import corrupt_inputs
+from bone_age import dicom_writer
 from bone_age import errors
 from bone_age import imaging
 
@@ -46,10 +47,6 @@ def _expect_error(data, source, reason, **kwargs) -> errors.InputError:
   return error
 
 
-def _png_chunk(chunk_type: bytes, payload: bytes) -> bytes:
-  return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", zlib.crc32(chunk_type + payload))
-
-
 # ------------------------------------------------------------------ sniffing
 
 
@@ -57,8 +54,8 @@ def test_sniff_format_by_magic_bytes():
   image = _radiograph_like()
   assert imaging.sniff_format(_png(image)) == "png"
   assert imaging.sniff_format(cv2.imencode(".jpg", image)[1].tobytes()) == "jpeg"
-  assert imaging.sniff_format(dicom.encode_dicom(image)) == "dicom"
-  assert imaging.sniff_format(dicom.encode_dicom(image, preamble=False)) == "dicom"
+  assert imaging.sniff_format(dicom_writer.encode_dicom(image)) == "dicom"
+  assert imaging.sniff_format(dicom_writer.encode_dicom(image, preamble=False)) == "dicom"
   assert imaging.sniff_format(b"%PDF-1.7 hello") is None
   assert imaging.sniff_format(b"") is None
 
@@ -201,12 +198,40 @@ def test_png_signature_without_header_is_not_an_image():
   _expect_error(b"\x89PNG\r\n\x1a\n" + b"garbage!" * 10, "fake.png", errors.NOT_AN_IMAGE)
 
 
-def test_png_with_corrupt_pixel_data_is_not_an_image():
-  data = bytearray(_png(_radiograph_like(120, 100, seed=5)))
-  idat = data.find(b"IDAT")
-  for offset in range(idat + 10, idat + 40):
-    data[offset] ^= 0xA5
-  _expect_error(bytes(data), "corrupt.png", errors.NOT_AN_IMAGE)
+def test_png_chunk_failing_its_crc_is_corrupt_image():
+  data = corrupt_inputs.png_with_bad_crc(_png(_radiograph_like(120, 100, seed=5)))
+  error = _expect_error(data, "bitrot.png", errors.CORRUPT_IMAGE)
+  assert "'IDAT' chunk at byte 33 fails its CRC" in error.detail
+
+
+def test_png_with_damaged_pixel_stream_but_good_crcs_is_corrupt_image():
+  data = corrupt_inputs.png_with_damaged_stream(_png(_radiograph_like(120, 100, seed=5)))
+  error = _expect_error(data, "damaged.png", errors.CORRUPT_IMAGE)
+  assert "libpng" in error.detail
+
+
+def test_jpeg_with_bit_rot_is_corrupt_image_with_the_decoders_message():
+  """libjpeg decodes it with a "Corrupt JPEG data" warning that cv2 only prints."""
+  data = corrupt_inputs.jpeg_with_bit_rot(_radiograph_like(400, 300, seed=2))
+  assert imaging.cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) is not None
+  error = _expect_error(data, "bitrot.jpg", errors.CORRUPT_IMAGE)
+  assert "Corrupt JPEG data" in error.detail
+
+
+def test_jpeg_corruption_is_caught_without_simplejpeg(monkeypatch):
+  """The default install lacks the `jpeg` extra: pylibjpeg-libjpeg checks the stream instead."""
+  monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import simplejpeg -> ImportError
+  data = corrupt_inputs.jpeg_with_bit_rot(_radiograph_like(400, 300, seed=2))
+  _expect_error(data, "bitrot.jpg", errors.CORRUPT_IMAGE)
+  good = cv2.imencode(".jpg", _radiograph_like(400, 300, seed=2))[1].tobytes()
+  assert imaging.decode_radiograph(good, "good.jpg").pixels.shape == (400, 300)
+
+
+def test_jpeg_decodes_to_the_same_pixels_as_cv2():
+  image = _radiograph_like(400, 300, seed=4)
+  data = cv2.imencode(".jpg", cv2.merge([image, image // 2, 255 - image]))[1].tobytes()
+  expected = imaging.normalize_to_uint8(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
+  assert np.array_equal(imaging.decode_radiograph(data, "colour.jpg").pixels, expected)
 
 
 def test_jpeg_without_frame_is_not_an_image():
@@ -219,19 +244,8 @@ def test_recognised_but_unsupported_format():
   assert "TIFF" in error.detail
 
 
-def _bomb_png(width_px, height_px) -> bytes:
-  header = struct.pack(">IIBBBBB", width_px, height_px, 8, 0, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-          + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + _png_chunk(b"IEND", b""))
-
-
-def _bomb_jpeg(width_px, height_px) -> bytes:
-  sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height_px, width_px, 1) + b"\x01\x11\x00"
-  return b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + sof + b"\xff\xd9"
-
-
-@pytest.mark.parametrize("data,name", [(_bomb_png(60_000, 60_000), "bomb.png"),
-                                       (_bomb_jpeg(65_000, 65_000), "bomb.jpg")])
+@pytest.mark.parametrize("data,name", [(corrupt_inputs.png_bomb(60_000, 60_000), "bomb.png"),
+                                       (corrupt_inputs.jpeg_header_bomb(65_000, 65_000), "bomb.jpg")])
 def test_decompression_bomb_is_refused_before_decoding(data, name, monkeypatch):
   def fail_if_called(*args, **kwargs):
     raise AssertionError("pixels were decoded before the size check")
@@ -247,7 +261,7 @@ def test_pixel_limit_applies_to_real_images():
 
 
 def test_zero_sized_header_is_not_an_image():
-  _expect_error(_bomb_png(0, 10), "zero.png", errors.NOT_AN_IMAGE)
+  _expect_error(corrupt_inputs.png_bomb(0, 10), "zero.png", errors.NOT_AN_IMAGE)
 
 
 # ------------------------------------------------------------- normalisation

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 import tfds_rsna  # pylint: disable=unused-import  # registers rsna_bone_age
 from bone_age import age_groups
-from bone_age import dicom
+from bone_age import dicom_writer
 from tfds_rsna.rsna_bone_age import layouts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -74,10 +74,10 @@ def _generic_dicom_dir(root: pathlib.Path):
     image = _hand(n, height=90 + n, width=60)
     kind = n % 4
     if kind == 0:
-      (root / "images" / f"{example_id}.dcm").write_bytes(dicom.encode_dicom(image, sex="M" if n % 2 else "F"))
+      (root / "images" / f"{example_id}.dcm").write_bytes(dicom_writer.encode_dicom(image, sex="M" if n % 2 else "F"))
     elif kind == 1:  # PACS-style: no extension, 16-bit MONOCHROME1
       (root / "images" / example_id).write_bytes(
-          dicom.encode_dicom((255 - image).astype(np.uint16) * 257, photometric="MONOCHROME1", bits_stored=16))
+          dicom_writer.encode_dicom((255 - image).astype(np.uint16) * 257, photometric="MONOCHROME1", bits_stored=16))
     elif kind == 2:
       (root / "images" / f"{example_id}.jpg").write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
     else:
@@ -173,6 +173,23 @@ def test_an_id_with_two_image_files_is_rejected_not_guessed(tmp_path):
   (record,) = [json.loads(l) for l in (pathlib.Path(builder.data_dir) / "rejects.jsonl").read_text().splitlines()]
   assert record["id"] == "7" and "7.dcm" in record["detail"] and "7.png" in record["detail"]
   assert builder.info.metadata["rows_read"] == 12 and builder.info.metadata["image_files_without_label"] == 1
+
+
+def test_image_files_without_label_counts_files_no_row_names(tmp_path):
+  """Images of rejected rows have a label (and a reject); orphans count once per file."""
+  manual = tmp_path / "manual"
+  (manual / "images" / "sub").mkdir(parents=True)
+  for i in range(16):
+    (manual / "images" / f"{i}.png").write_bytes(_png(i))
+  for orphan in ("99.png", "98.png", "sub/98.jpg"):
+    (manual / "images" / orphan).write_bytes(_png(90))
+  good = [f"{i},{20 + 15 * i},{i % 2 == 0}" for i in range(10)]
+  bad = ["10,-1,True", "11,nan,True", "12,1_2,False", "13,50,?", "14,50,", "15,abc,True"]
+  (manual / "labels.csv").write_text("id,boneage,male\n" + "\n".join(good + bad) + "\n")
+  builder, examples = _build(manual, tmp_path / "out")
+  assert len(examples) == 10
+  assert sum(builder.info.metadata["rejected"].values()) == 6
+  assert builder.info.metadata["image_files_without_label"] == 3
 
 
 def test_rejected_counts_fall_back_to_the_rejects_file_without_beam_metrics(tmp_path):

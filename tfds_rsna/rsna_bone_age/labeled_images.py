@@ -141,6 +141,12 @@ def stem_and_path(path: str):
     yield stem, path
 
 
+def _id_of_reject(record: dict):
+  """(id, 1) for a rejected label row that names its id; nothing for one without an id."""
+  if record.get("id"):
+    yield record["id"], 1
+
+
 def _metadata_path(metadata) -> str:
   return metadata.path
 
@@ -150,8 +156,9 @@ class JoinLabelsAndImagesFn(beam.DoFn):
 
   A label without an image file becomes a record without a path (rejected
   as `missing_file` when it is read); an id with two image files is
-  rejected as `duplicate_id` rather than guessed; image files without a
-  label row are counted on `UNLABELED_TAG` (they are not part of the dataset).
+  rejected as `duplicate_id` rather than guessed; image files whose id no
+  label row names (valid or rejected) are counted, file by file, on
+  `UNLABELED_TAG` (they are not part of the dataset).
   """
 
   def process(self, joined, edges):
@@ -159,7 +166,10 @@ class JoinLabelsAndImagesFn(beam.DoFn):
     rows = list(groups["labels"])
     paths = sorted(groups["images"])
     if not rows:
-      yield beam.pvalue.TaggedOutput(UNLABELED_TAG, 1)
+      # An id whose row was rejected has a label (its reject accounts for it);
+      # only files whose id no table row names are without a label, each file counted.
+      if paths and not list(groups["rejected_label_rows"]):
+        yield beam.pvalue.TaggedOutput(UNLABELED_TAG, len(paths))
       return
     for row in rows:  # one per id after duplicate resolution
       if len(paths) > 1:
@@ -226,7 +236,8 @@ class LabeledImages(beam.PTransform):
               | "ImagePaths" >> beam.Map(_metadata_path)
               | "KeyImagesByStem" >> beam.FlatMap(stem_and_path))
     joined = (
-        {"labels": rows | "KeyRowsById" >> beam.Map(labels_lib.by_id), "images": images}
+        {"labels": rows | "KeyRowsById" >> beam.Map(labels_lib.by_id), "images": images,
+         "rejected_label_rows": labels["rejects"] | "KeyLabelRejectsById" >> beam.FlatMap(_id_of_reject)}
         | "JoinById" >> beam.CoGroupByKey()
         | "ToRecords" >> beam.ParDo(JoinLabelsAndImagesFn(), edges=beam.pvalue.AsSingleton(edges)).with_outputs(
             rejects.REJECTS_TAG, UNLABELED_TAG, main="records"))
