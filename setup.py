@@ -27,6 +27,9 @@ INSTALL_REQUIRES = [
     # Compressed DICOM transfer syntaxes (JPEG baseline/lossless, JPEG-LS).
     "pylibjpeg>=2.0,<3",
     "pylibjpeg-libjpeg>=2.1,<3",
+    # JPEG decoding that raises on libjpeg's "Corrupt JPEG data" warnings, with
+    # cv2's pixels at cv2's speed; every scorer and builder worker decodes JPEGs.
+    "simplejpeg>=1.7,<2",
     # Evaluation plots (scatter, Bland-Altman, confusion matrix) and overlays.
     "matplotlib>=3.8,<4",
     # The `tfds` command line imports it (REFERENCE.md 4).
@@ -41,13 +44,9 @@ EXTRAS_REQUIRE = {
     # and grey+alpha PNGs, which cv2 cannot.
     # jax: the backend-agnostic model test runs Keras on JAX; scikit-learn: the
     # kappa cross-check; gcp-storage-emulator: a local GCS for the gs:// tests;
-    # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests;
-    # simplejpeg: the tests cover both JPEG paths (with the `jpeg` extra and without).
+    # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests.
     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10", "jax>=0.4.30",
-             "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9", "simplejpeg>=1.7,<2"],
-    # JPEG decoding that raises on libjpeg's "Corrupt JPEG data" warnings at cv2's speed and
-    # with cv2's pixels; without it pylibjpeg-libjpeg checks each JPEG first (several times slower).
-    "jpeg": ["simplejpeg>=1.7,<2"],
+             "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
     "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
     # The TensorFlow variants. tensorflow-tpu exists only up to the 2.20 line, so the
