@@ -1,4 +1,10 @@
-"""Grad-CAM overlays: the heatmap over the original radiograph, age written on it.
+"""Grad-CAM overlays a radiologist can read: radiograph and heatmap side by side, with the results in words.
+
+Each overlay shows the radiograph, the same radiograph with the Grad-CAM
+heat drawn only where it is high (perceptually uniform colormap), a colour
+bar, and a footer with the id, bone age (and its interval when the row has
+one), chronological age, BA - CA, SD score, the model and "research use only,
+not a medical device".
 
 Overlays are written by the worker that scored the image, right after the
 batch, so only a downscaled original (at most --overlay_max_px on its long
@@ -14,10 +20,18 @@ import re
 
 import numpy as np
 
+from bone_age import reporting
+
 OVERLAYS_DIR = "overlays"
 DEFAULT_OVERLAY_MAX_PX = 512
 _MAX_NAME_CHARS = 80
-_HEATMAP_WEIGHT = 0.4
+# A perceptually uniform colormap: equal steps of heat look like equal steps of colour.
+_COLORMAP = "inferno"
+_HEAT_ALPHA_FLOOR = 0.3  # heat below this is not drawn at all
+_HEAT_ALPHA_MAX = 0.65  # the hottest regions still let the bone show through
+_PANEL_HEIGHT_IN = 5.0
+_FOOTER_IN = 0.75
+_DPI = 100
 
 
 def overlay_file_name(example_id: str, source: str, suffix: str = "") -> str:
@@ -58,32 +72,96 @@ def heatmap_on_original(transform, square_heatmap: np.ndarray, shape: tuple[int,
   return np.clip(on_source, 0.0, 1.0)
 
 
-def render(original: np.ndarray, heatmap: np.ndarray, caption: str) -> np.ndarray:
-  """(h, w, 3) uint8 BGR: JET heatmap blended on the grey radiograph, caption on top."""
-  import cv2  # pylint: disable=g-import-not-at-top
+def _signed(value: float, digits: int = 1) -> str:
+  return f"{value:+.{digits}f}"
 
-  grey = cv2.cvtColor(original, cv2.COLOR_GRAY2BGR)
-  colour = cv2.applyColorMap(np.uint8(np.round(heatmap * 255.0)), cv2.COLORMAP_JET)
-  blended = cv2.addWeighted(grey, 1.0 - _HEATMAP_WEIGHT, colour, _HEATMAP_WEIGHT, 0.0)
-  height, width = blended.shape[:2]
-  # The caption spans at most the image width (small overlays get small text).
-  (unit_w, _), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)
-  font_scale = max(0.2, min(width / 900.0, (width - 8) / max(unit_w, 1)))
-  thickness = max(1, round(font_scale * 2))
-  (_, text_h), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-  band = text_h + baseline + 8
-  cv2.rectangle(blended, (0, 0), (width, min(height, band)), (0, 0, 0), thickness=-1)
-  cv2.putText(blended, caption, (4, text_h + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness,
-              cv2.LINE_AA)
-  return blended
+
+def footer_lines(row: dict, model_id: str | None = None) -> list[str]:
+  """The overlay's footer in plain words, from an output row.
+
+  Optional row keys are shown when present: a prediction interval
+  (`interval_low_months`, `interval_high_months`, `interval_level`) and
+  `model_id` (the row's own wins over the argument).
+  """
+  ba = f"Bone age {row['boneage']} ({row['boneage_months']:.1f} months)"
+  if row.get("interval_low_months") is not None and row.get("interval_high_months") is not None:
+    level = row.get("interval_level")
+    level_text = f"{100 * float(level):.0f}% " if level is not None else ""
+    ba += f", {level_text}interval {row['interval_low_months']:.1f} to {row['interval_high_months']:.1f} months"
+  sex = {"M": "male", "F": "female"}.get(row["sex"], row["sex"])
+  sex_from = {"csv": "from the metadata table", "dicom": "from the DICOM header", "assumed": "assumed, not known",
+              "assumed_both": "assumed, not known (scored as both)"}.get(row["sex_source"], row["sex_source"])
+  ca = row.get("chronological_age_months")
+  if ca is None:
+    age_line = "Chronological age unknown, so no BA - CA and no SD score"
+  else:
+    age_line = (f"Chronological age {reporting.format_years_months(ca)} ({ca:.1f} months); "
+                f"BA - CA {_signed(row['ba_minus_ca_months'])} months")
+    if row.get("sds") is not None:
+      age_line += f"; SD score {_signed(row['sds'], 2)} ({row['sds_reading']})"
+    elif row.get("sds_missing_reason"):
+      age_line += f"; no SD score ({row['sds_missing_reason'].replace('_', ' ')})"
+  return [
+      f"{row['id']}: {ba}; {sex} ({sex_from})",
+      age_line,
+      f"Model {row.get('model_id') or model_id or 'unknown'}. Research use only, not a medical device.",
+  ]
+
+
+def _heat_alpha(heatmap: np.ndarray) -> np.ndarray:
+  """Opacity that is zero where the heat is low, so bone detail stays visible there."""
+  return np.clip((heatmap - _HEAT_ALPHA_FLOOR) / (1.0 - _HEAT_ALPHA_FLOOR), 0.0, 1.0) * _HEAT_ALPHA_MAX
+
+
+def render(original: np.ndarray, heatmap: np.ndarray, row: dict, model_id: str | None = None) -> np.ndarray:
+  """(H, W, 3) uint8 RGB: the radiograph beside it with the heat on top, a colour bar and a footer.
+
+  The heat uses a perceptually uniform colormap, drawn only where it is
+  high (alpha rises from zero above a floor), so the bones under cool regions
+  are not tinted.
+
+  Args:
+    original: (h, w) uint8 radiograph (bone bright).
+    heatmap: (h, w) float in [0, 1], the Grad-CAM on the same geometry.
+    row: The output row (records.prediction_row) the footer is written from.
+    model_id: Shown when the row has no `model_id`.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+
+  height, width = original.shape[:2]
+  panel_in = _PANEL_HEIGHT_IN * width / height
+  fig = figure.Figure(figsize=(2 * panel_in + 1.2, _PANEL_HEIGHT_IN + _FOOTER_IN), dpi=_DPI)
+  backend_agg.FigureCanvasAgg(fig)
+  bottom = _FOOTER_IN / (_PANEL_HEIGHT_IN + _FOOTER_IN)
+  grid = fig.add_gridspec(1, 3, width_ratios=[panel_in, panel_in, 0.15], left=0.01, right=0.9, bottom=bottom,
+                          top=0.94, wspace=0.04)
+  left, right, bar = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
+  for ax, title in ((left, "Radiograph"), (right, "Where the model looked (Grad-CAM)")):
+    ax.imshow(original, cmap="gray", vmin=0, vmax=255, interpolation="lanczos")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+  heat = right.imshow(np.clip(heatmap, 0.0, 1.0), cmap=_COLORMAP, vmin=0.0, vmax=1.0, alpha=_heat_alpha(heatmap),
+                      interpolation="bilinear")
+  colorbar = fig.colorbar(heat, cax=bar)
+  colorbar.solids.set_alpha(1.0)
+  colorbar.set_label("relevance (0 none, 1 highest)", fontsize=8)
+  colorbar.ax.tick_params(labelsize=7)
+  fig.text(0.01, bottom - 0.02, "\n".join(footer_lines(row, model_id)), fontsize=7.5, va="top", ha="left",
+           family="DejaVu Sans", wrap=True)
+  fig.canvas.draw()
+  rgba = np.asarray(fig.canvas.buffer_rgba())
+  return np.ascontiguousarray(rgba[..., :3])
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-  """Encodes and writes through Beam's filesystems (local or gs://)."""
+  """Encodes an (H, W, 3) uint8 RGB image and writes it through Beam's filesystems (local or gs://)."""
   import cv2  # pylint: disable=g-import-not-at-top
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
-  ok, encoded = cv2.imencode(".png", image)
+  ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
   if not ok:
     raise RuntimeError(f"cannot encode overlay {path}")
   with FileSystems.create(path, mime_type="image/png") as f:

@@ -40,7 +40,8 @@ COUNTS_JSON = "counts.json"
 # with the group probabilities as one {group name: probability} object).
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
-    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "sds", "sds_reading",
+    "sds_missing_reason", "overlay_path")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -62,7 +63,7 @@ def csv_header(group_names: list[str]) -> str:
 
 def csv_row(row: dict, group_names: list[str]) -> str:
   """One predictions row as a CSV line (no line end: the text sink adds it)."""
-  values = ["" if row[c] is None else row[c] for c in BASE_COLUMNS]
+  values = ["" if row.get(c) is None else row[c] for c in BASE_COLUMNS]  # a column a row lacks stays empty
   values += [row["age_group_probabilities"][name] for name in group_names]
   return _csv_line(values)
 
