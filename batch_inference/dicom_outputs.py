@@ -63,8 +63,7 @@ class ModelIdentity:
 
   @property
   def device_uid(self) -> str:
-    from pydicom import uid as dicom_uid  # pylint: disable=g-import-not-at-top
-    return str(dicom_uid.generate_uid(prefix=None, entropy_srcs=["bone-age model", self.model_id]))
+    return _uid("bone-age model", self.model_id)
 
 
 def model_identity(export_dir: str, export_metadata: dict, software_version: str) -> ModelIdentity:
@@ -154,8 +153,13 @@ def _with_type2(header):
 
 
 def _uid(*parts: str) -> str:
-  from pydicom import uid as dicom_uid  # pylint: disable=g-import-not-at-top
-  return str(dicom_uid.generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+  """A '2.25.<128-bit integer>' UID derived from the parts: the same parts, the same UID.
+
+  (pydicom's generate_uid ignores its entropy sources when asked for a 2.25
+  UID and draws a random one.)
+  """
+  digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+  return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def output_uids(header, model: ModelIdentity, sex: str) -> dict:
