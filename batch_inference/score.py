@@ -13,6 +13,7 @@ PipelineOptions, never parsed from sys.argv. See batch_inference/README.md.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -135,6 +136,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
                    "(--allow_empty_patterns records them as missing_file rejects instead)")
   if config.metadata_csv:
     patients.read_metadata_header(config.metadata_csv)
+  if config.dicomweb_url and importlib.util.find_spec("dicomweb_client") is None:
+    _usage_error("--dicomweb_url needs dicomweb-client: pip install 'bone-age[dicomweb]'")
   return config, runners.resolve_runner_args(leftover)
 
 
