@@ -29,9 +29,14 @@ _MAX_NAME_CHARS = 80
 _COLORMAP = "inferno"
 _HEAT_ALPHA_FLOOR = 0.3  # heat below this is not drawn at all
 _HEAT_ALPHA_MAX = 0.65  # the hottest regions still let the bone show through
-_PANEL_HEIGHT_IN = 5.0
-_FOOTER_IN = 0.75
 _DPI = 100
+_MARGIN_PX = 8
+_GAP_PX = 8
+_TITLE_PX = 22
+_FOOTER_PX = 62
+_COLORBAR_PX = 80  # the bar, its ticks and its label
+_MIN_PANEL_PX = 320
+_MIN_FIGURE_WIDTH_PX = 760
 
 
 def overlay_file_name(example_id: str, source: str, suffix: str = "") -> str:
@@ -113,12 +118,36 @@ def _heat_alpha(heatmap: np.ndarray) -> np.ndarray:
   return np.clip((heatmap - _HEAT_ALPHA_FLOOR) / (1.0 - _HEAT_ALPHA_FLOOR), 0.0, 1.0) * _HEAT_ALPHA_MAX
 
 
+def _heat_on_grey(original: np.ndarray, heatmap: np.ndarray, colormap) -> np.ndarray:
+  """(h, w, 3) uint8: the radiograph with the colormapped heat blended in where it is high."""
+  lut = np.asarray(colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0, np.float32)
+  colour = lut[np.uint8(np.round(np.clip(heatmap, 0.0, 1.0) * 255.0))]
+  alpha = _heat_alpha(heatmap)[..., None].astype(np.float32)
+  grey = original.astype(np.float32)[..., None]
+  return np.uint8(np.round(grey * (1.0 - alpha) + colour * alpha))
+
+
+def _at_least_readable_size(original: np.ndarray, heatmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Both enlarged (linear) so the long side is at least _MIN_PANEL_PX: a tiny image beside text is unreadable."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  height, width = original.shape[:2]
+  scale = _MIN_PANEL_PX / max(height, width)
+  if scale <= 1.0:
+    return original, heatmap
+  size = (round(width * scale), round(height * scale))
+  return (cv2.resize(original, size, interpolation=cv2.INTER_LINEAR),
+          cv2.resize(np.asarray(heatmap, np.float32), size, interpolation=cv2.INTER_LINEAR))
+
+
 def render(original: np.ndarray, heatmap: np.ndarray, row: dict, model_id: str | None = None) -> np.ndarray:
   """(H, W, 3) uint8 RGB: the radiograph beside it with the heat on top, a colour bar and a footer.
 
   The heat uses a perceptually uniform colormap, drawn only where it is
   high (alpha rises from zero above a floor), so the bones under cool regions
-  are not tinted.
+  are not tinted. Both panels keep the overlay's pixels one to one (placed
+  with figimage, never resampled); matplotlib draws only the text and the
+  colour bar.
 
   Args:
     original: (h, w) uint8 radiograph (bone bright).
@@ -127,30 +156,33 @@ def render(original: np.ndarray, heatmap: np.ndarray, row: dict, model_id: str |
     model_id: Shown when the row has no `model_id`.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
+  from matplotlib import cm  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
 
+  colormap = matplotlib.colormaps[_COLORMAP]
+  original, heatmap = _at_least_readable_size(original, heatmap)
   height, width = original.shape[:2]
-  panel_in = _PANEL_HEIGHT_IN * width / height
-  fig = figure.Figure(figsize=(2 * panel_in + 1.2, _PANEL_HEIGHT_IN + _FOOTER_IN), dpi=_DPI)
+  grey = np.repeat(original[..., None], 3, axis=2)
+  gap = np.full((height, _GAP_PX, 3), 255, np.uint8)
+  panels = np.concatenate([grey, gap, _heat_on_grey(original, heatmap, colormap)], axis=1)
+  fig_w = max(_MARGIN_PX + panels.shape[1] + _COLORBAR_PX, _MIN_FIGURE_WIDTH_PX)  # room for the footer
+  fig_h = _FOOTER_PX + height + _TITLE_PX
+  fig = figure.Figure(figsize=(fig_w / _DPI, fig_h / _DPI), dpi=_DPI)
   backend_agg.FigureCanvasAgg(fig)
-  bottom = _FOOTER_IN / (_PANEL_HEIGHT_IN + _FOOTER_IN)
-  grid = fig.add_gridspec(1, 3, width_ratios=[panel_in, panel_in, 0.15], left=0.01, right=0.9, bottom=bottom,
-                          top=0.94, wspace=0.04)
-  left, right, bar = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
-  for ax, title in ((left, "Radiograph"), (right, "Where the model looked (Grad-CAM)")):
-    ax.imshow(original, cmap="gray", vmin=0, vmax=255, interpolation="lanczos")
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-  heat = right.imshow(np.clip(heatmap, 0.0, 1.0), cmap=_COLORMAP, vmin=0.0, vmax=1.0, alpha=_heat_alpha(heatmap),
-                      interpolation="bilinear")
-  colorbar = fig.colorbar(heat, cax=bar)
-  colorbar.solids.set_alpha(1.0)
+  fig.figimage(panels, xo=_MARGIN_PX, yo=_FOOTER_PX, origin="upper")
+  title_y = (_FOOTER_PX + height + 4) / fig_h
+  for x_px, title in ((_MARGIN_PX, "Radiograph"), (_MARGIN_PX + width + _GAP_PX, "Where the model looked (Grad-CAM)")):
+    fig.text(x_px / fig_w, title_y, title, fontsize=9, va="bottom", ha="left")
+  bar_x = (_MARGIN_PX + panels.shape[1] + 10) / fig_w
+  bar = fig.add_axes((bar_x, _FOOTER_PX / fig_h, 14 / fig_w, height / fig_h))
+  colorbar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap=colormap), cax=bar,
+                          ticks=[0.0, 0.5, 1.0])
   colorbar.set_label("relevance (0 none, 1 highest)", fontsize=8)
   colorbar.ax.tick_params(labelsize=7)
-  fig.text(0.01, bottom - 0.02, "\n".join(footer_lines(row, model_id)), fontsize=7.5, va="top", ha="left",
-           family="DejaVu Sans", wrap=True)
+  fig.text(_MARGIN_PX / fig_w, (_FOOTER_PX - 6) / fig_h, "\n".join(footer_lines(row, model_id)), fontsize=8,
+           va="top", ha="left", linespacing=1.4)
   fig.canvas.draw()
   rgba = np.asarray(fig.canvas.buffer_rgba())
   return np.ascontiguousarray(rgba[..., :3])
