@@ -19,6 +19,7 @@ age and chronological age are LOINC; the quantities without a standard code
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -85,28 +86,35 @@ def _split_archive_source(source: str, exists) -> tuple[str, str] | None:
   return None
 
 
-def _read_source_bytes(source: str) -> bytes:
-  """The input's bytes: a file, or a member of a zip or tar archive ('archive!member')."""
+@contextlib.contextmanager
+def _open_source(source: str):
+  """A seekable binary file of the input: the file itself, or a member of a zip or tar archive ('archive!member').
+
+  Only the member is read from an archive (zip members by offset), never the whole archive.
+  """
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
   if FileSystems.exists(source):
     with FileSystems.open(source, compression_type="uncompressed") as f:
-      return f.read()
+      yield f
+    return
   split = _split_archive_source(source, FileSystems.exists)
   if split is None:
     raise FileNotFoundError(f"{source} is no longer readable")
   archive, member = split
   with FileSystems.open(archive, compression_type="uncompressed") as f:
-    data = io.BytesIO(f.read())
-  if zipfile.is_zipfile(data):
-    with zipfile.ZipFile(data) as zf:
-      return zf.read(member)
-  data.seek(0)
-  with tarfile.open(fileobj=data, mode="r:*") as tf:
-    extracted = tf.extractfile(member)
-    if extracted is None:
-      raise FileNotFoundError(f"{source}: not a regular archive member")
-    return extracted.read()
+    is_zip = f.read(4) == b"PK\x03\x04"
+    f.seek(0)
+    if is_zip:
+      with zipfile.ZipFile(f) as zf:
+        data = zf.read(member)
+    else:
+      with tarfile.open(fileobj=f, mode="r:*") as tf:
+        extracted = tf.extractfile(member)
+        if extracted is None:
+          raise FileNotFoundError(f"{source}: not a regular archive member")
+        data = extracted.read()
+  yield io.BytesIO(data)
 
 
 def read_source_header(source: str):
@@ -118,18 +126,20 @@ def read_source_header(source: str):
   """
   import pydicom  # pylint: disable=g-import-not-at-top
 
-  data = _read_source_bytes(source)
-  if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
-    raise NotDicomError(f"{source} is not DICOM")
-  try:
-    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=data[128:132] != b"DICM")
-  except Exception as e:  # pylint: disable=broad-except  (pydicom raises many kinds on non-DICOM bytes)
-    raise NotDicomError(f"{source} is not DICOM ({type(e).__name__})") from e
+  with _open_source(source) as f:
+    head = f.read(_HEAD_BYTES)
+    f.seek(0)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff":
+      raise NotDicomError(f"{source} is not DICOM")
+    try:
+      header = pydicom.dcmread(f, stop_before_pixels=True, force=head[128:132] != b"DICM")
+    except Exception as e:  # pylint: disable=broad-except  (pydicom raises many kinds on non-DICOM bytes)
+      raise NotDicomError(f"{source} is not DICOM ({type(e).__name__})") from e
   missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
              if not header.get(k)]
+  if "SOPClassUID" in missing and "StudyInstanceUID" in missing:
+    raise NotDicomError(f"{source} is not DICOM")
   if missing:
-    if "SOPClassUID" in missing and "StudyInstanceUID" in missing:
-      raise NotDicomError(f"{source} is not DICOM")
     raise ValueError(f"the source header lacks {', '.join(missing)}")
   return header
 

@@ -4,6 +4,7 @@ import io
 import pathlib
 import shutil
 import subprocess
+import tarfile
 import zipfile
 
 import pydicom
@@ -35,6 +36,11 @@ def _inputs(root: pathlib.Path, make) -> pathlib.Path:
   (inputs / "nostudy.dcm").write_bytes(out.getvalue())
   with zipfile.ZipFile(inputs / "z.zip", "w") as archive:
     archive.writestr("zd.dcm", make.dicom(make.pixels(8), sex="M", **make.DATES))
+  member = make.dicom(make.pixels(9), sex="F", **make.DATES)
+  with tarfile.open(inputs / "t.tar.gz", "w:gz") as archive:
+    info = tarfile.TarInfo("td.dcm")
+    info.size = len(member)
+    archive.addfile(info, io.BytesIO(member))
   (root / "meta.csv").write_text("id,male\np,true\n")
   return inputs
 
@@ -50,13 +56,13 @@ def test_scored_dicoms_get_a_valid_sr_and_sc_in_their_study(tiny_export, make, o
   out = outputs_of(tmp_path / "out")
   run_dir = pathlib.Path(out["run_dir"])
   rows = {r["id"]: r for r in out["predictions"]}
-  assert set(rows) == {"d", "young", "p", "nostudy", "z.zip!zd.dcm"}
+  assert set(rows) == {"d", "young", "p", "nostudy", "z.zip!zd.dcm", "t.tar.gz!td.dcm"}
   assert rows["p"]["dicom_status"] == "not_dicom" and "dicom_sr_path" not in rows["p"]
   # A DICOM whose outputs cannot be placed in a study keeps its row and says why.
   assert rows["nostudy"]["dicom_status"].startswith("failed:") and "StudyInstanceUID" in rows["nostudy"]["dicom_status"]
   assert rows["nostudy"]["boneage_months"] is not None
   assert out["manifest"]["files"]["dicom_dir"] == ["dicom/"]
-  for example_id in ("d", "young", "z.zip!zd.dcm"):
+  for example_id in ("d", "young", "z.zip!zd.dcm", "t.tar.gz!td.dcm"):
     row = rows[example_id]
     assert row["dicom_status"] == "written", row
     source = pydicom.dcmread(_source_bytes(inputs, example_id),
@@ -83,6 +89,9 @@ def test_scored_dicoms_get_a_valid_sr_and_sc_in_their_study(tiny_export, make, o
 
 
 def _source_bytes(inputs: pathlib.Path, example_id: str):
+  if example_id.startswith("t.tar.gz!"):
+    with tarfile.open(inputs / "t.tar.gz") as archive:
+      return io.BytesIO(archive.extractfile(example_id.split("!", 1)[1]).read())
   if example_id.startswith("z.zip!"):
     with zipfile.ZipFile(inputs / "z.zip") as archive:
       return io.BytesIO(archive.read(example_id.split("!", 1)[1]))
