@@ -112,7 +112,8 @@ def _numeric_values(sr) -> dict:
   return found
 
 
-@pytest.mark.skipif(_DCIODVFY is None, reason="dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
+@pytest.mark.skipif(_DCIODVFY is None,
+                    reason="dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
 def test_sr_and_sc_pass_dciodvfy_without_errors(tiny_export, make, outputs_of, tmp_path):
   inputs = tmp_path / "in"
   inputs.mkdir()

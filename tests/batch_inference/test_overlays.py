@@ -60,4 +60,5 @@ def test_any_size_renders_with_room_for_the_footer(shape):
   original = np.full(shape, 128, np.uint8)
   image = overlays.render(original, np.zeros(shape, np.float32), _ROW)
   assert image.shape[1] >= overlays._MIN_FIGURE_WIDTH_PX  # pylint: disable=protected-access
-  assert image.shape[0] >= max(shape[0], overlays._MIN_PANEL_PX * shape[0] // max(shape))  # pylint: disable=protected-access
+  min_height = overlays._MIN_PANEL_PX * shape[0] // max(shape)  # pylint: disable=protected-access
+  assert image.shape[0] >= max(shape[0], min_height)

@@ -47,7 +47,8 @@ def test_demo_model_looks_at_the_age_signal(phantom_data_dir, tmp_path, trainer_
     phantom = phantoms.render_phantom(months, male, phantoms.image_seed(0, int(example_id)), height_px=128,
                                       width_px=100)
     cv2.imwrite(str(masks_dir / f"{example_id}.png"), phantom.age_signal_mask.astype(np.uint8) * 255)
-  config = experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + list(trainer_helpers.LEARN_OVERRIDES))
+  config = experiments.resolve("demo_cpu",
+                               list(trainer_helpers.SMALL_OVERRIDES) + list(trainer_helpers.LEARN_OVERRIDES))
   result = train_lib.train_and_evaluate(config, str(phantom_data_dir), str(tmp_path / "run"))
   report = evaluate.evaluate(str(phantom_data_dir), result.export_dir, "test", str(tmp_path / "eval"),
                              masks_dir=str(masks_dir))
