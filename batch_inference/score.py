@@ -242,6 +242,10 @@ def format_summary(summary: dict) -> str:
   for reason, count in summary["rejected_by_reason"].items():
     lines.append(f"  rejected {reason}: {count}")
   lines.append(f"sex from: {summary['sex_sources']}; chronological age from: {summary['chronological_age_sources']}")
+  for name, what in (("dicom_outputs_by_status", "DICOM SR + SC"),
+                     ("dicomweb_by_status", "sent to the PACS (STOW-RS)")):
+    if summary.get(name):
+      lines.append(f"{what}: {summary[name]} (each row's reason is in its dicom_status / dicomweb_status)")
   if summary.get("scored_per_worker"):
     lines.append(f"images scored per worker: {summary['scored_per_worker']}")
   lines.append(f"outputs in {summary['output_dir']} (status {summary['status']})")

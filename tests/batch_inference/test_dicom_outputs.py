@@ -62,6 +62,7 @@ def test_scored_dicoms_get_a_valid_sr_and_sc_in_their_study(tiny_export, make, o
   assert rows["nostudy"]["dicom_status"].startswith("failed:") and "StudyInstanceUID" in rows["nostudy"]["dicom_status"]
   assert rows["nostudy"]["boneage_months"] is not None
   assert out["manifest"]["files"]["dicom_dir"] == ["dicom/"]
+  assert out["summary"]["dicom_outputs_by_status"] == {"written": 4, "not_dicom": 1, "failed": 1}
   for example_id in ("d", "young", "z.zip!zd.dcm", "t.tar.gz!td.dcm"):
     row = rows[example_id]
     assert row["dicom_status"] == "written", row

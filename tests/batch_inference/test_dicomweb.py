@@ -124,4 +124,4 @@ def test_an_unreachable_pacs_is_reported_not_fatal(tiny_export, make, outputs_of
   out = outputs_of(tmp_path / "out")
   row = out["predictions"][0]
   assert row["dicom_status"] == "written" and row["dicomweb_status"].startswith("failed:")
-  assert out["summary"]["scored"] == 1
+  assert out["summary"]["scored"] == 1 and out["summary"]["dicomweb_by_status"] == {"failed": 1}
