@@ -36,6 +36,8 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",
     # DICOM Structured Reports and Secondary Captures of the results.
     "highdicom>=0.28,<0.29",
+    # The overlays' text (highdicom needs it too).
+    "pillow>=10.1",
 ]
 
 EXTRAS_REQUIRE = {
