@@ -37,6 +37,10 @@ INSTALL_REQUIRES = [
     # TFDS 4.9.10 resolves a builder's code path through it on Python >= 3.9
     # but declares it only for < 3.9 (etils[epath] normally brings it).
     "importlib_resources>=6",
+    # DICOM Structured Reports and Secondary Captures of the results.
+    "highdicom>=0.28,<0.29",
+    # The overlays' text (highdicom needs it too).
+    "pillow>=10.1",
 ]
 
 EXTRAS_REQUIRE = {
@@ -46,8 +50,11 @@ EXTRAS_REQUIRE = {
     # kappa cross-check; gcp-storage-emulator: a local GCS for the gs:// tests;
     # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests.
     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10", "jax>=0.4.30",
-             "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9"],
+             "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9",
+             "dicomweb-client>=0.61,<0.62"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
+    # STOW-RS to a PACS (boneage-score --dicomweb_url); the test extra brings it for the Orthanc test.
+    "dicomweb": ["dicomweb-client>=0.61,<0.62"],
     "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-aiplatform>=1.60,<2"],
     # The TensorFlow variants. tensorflow-tpu exists only up to the 2.20 line, so the
     # TPU route runs TensorFlow 2.20; each variant pins its own TensorBoard line,
@@ -75,7 +82,9 @@ setuptools.setup(
     description="Bone age from pediatric hand radiographs: TFDS data, tf.distribute training, Beam batch scoring.",
     python_requires=">=3.11,<3.13",
     packages=setuptools.find_packages(include=["bone_age*", "beam_pipelines*", "tfds_rsna*", "trainer*", "batch_inference*", "launch*"]),
-    package_data={"tfds_rsna": ["*/README.md", "*/CITATIONS.bib", "*/checksums.tsv", "*/TAGS.txt"], "launch": ["*.sh", "*.yaml"]},
+    package_data={"bone_age": ["data/*.csv", "data/*.md"],
+                  "tfds_rsna": ["*/README.md", "*/CITATIONS.bib", "*/checksums.tsv", "*/TAGS.txt"],
+                  "launch": ["*.sh", "*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": CONSOLE_SCRIPTS},

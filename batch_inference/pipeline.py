@@ -81,7 +81,7 @@ def _first_file(element):
 
 
 def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: list[str], run_dir: str,
-               metadata_fields: list[str] | None = None) -> ScoredRows:
+               metadata_fields: list[str] | None = None, model_id: str | None = None) -> ScoredRows:
   """Adds the scoring graph to `pipeline` (overlays are written under run_dir).
 
   Args:
@@ -93,6 +93,7 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
     run_dir: Where overlays go.
     metadata_fields: The metadata CSV's columns (patients.read_metadata_header),
       read from its header when not given.
+    model_id: The model's id, written on the overlays.
   """
   model_handler = ml_base.KeyedModelHandler(
       handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam))
@@ -126,8 +127,8 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
           rejects.REJECTS_TAG, main="requests")
   finished = (requests.requests
               | "RunInference" >> ml_base.RunInference(model_handler)
-              | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(run_dir, group_names)).with_outputs(
-                  records.WORKER_TALLY_TAG, main="rows"))
+              | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(
+                  run_dir, group_names, model_id)).with_outputs(records.WORKER_TALLY_TAG, main="rows"))
   settled = (finished.rows
              | "KeyRowsById" >> beam.Map(lambda r: (r["id"], r))
              | "GroupRowsById" >> beam.GroupByKey()

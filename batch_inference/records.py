@@ -17,6 +17,7 @@ import apache_beam as beam
 import numpy as np
 
 from bone_age import errors
+from bone_age import reference
 from bone_age import reporting
 from beam_pipelines import rejects
 from batch_inference import handler
@@ -74,7 +75,7 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
   probs = [float(p) for p in inference.group_probabilities]
   group = int(np.argmax(probs))
   age = subject.chronological_age_months
-  return {
+  row = {
       "id": key.id,
       "source": key.source,
       "sex": subject.sex,
@@ -89,6 +90,8 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
       "ba_minus_ca_months": None if age is None else _round(months - age),
       "overlay_path": None,
   }
+  row.update(reference.sds_columns(months, age, subject.sex))
+  return row
 
 
 def worker_id() -> str:
@@ -103,9 +106,10 @@ class FinishPredictionFn(beam.DoFn):
   runs fused with RunInference, so the id is the process that ran the model.
   """
 
-  def __init__(self, run_dir: str, group_names: list[str]):
+  def __init__(self, run_dir: str, group_names: list[str], model_id: str | None = None):
     super().__init__()
     self._run_dir = run_dir
+    self._model_id = model_id
     self._group_names = list(group_names)
     self._scored = beam.metrics.Metrics.counter("boneage", "scored")
 
@@ -116,9 +120,8 @@ class FinishPredictionFn(beam.DoFn):
     if inference.heatmap is not None and key.overlay_original is not None:
       name = overlays.overlay_file_name(key.id, key.source, key.suffix)
       heat = overlays.heatmap_on_original(key.transform, inference.heatmap, key.overlay_original.shape)
-      caption = f"BA {row['boneage']} ({row['sex']}, {row['sex_source']})"
       overlays.write_png(posixpath.join(self._run_dir, overlays.OVERLAYS_DIR, name),
-                         overlays.render(key.overlay_original, heat, caption))
+                         overlays.render(key.overlay_original, heat, row, self._model_id))
       row["overlay_path"] = f"{overlays.OVERLAYS_DIR}/{name}"
     self._scored.inc()
     if key.counts_image:

@@ -13,6 +13,7 @@ PipelineOptions, never parsed from sys.argv. See batch_inference/README.md.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -25,6 +26,7 @@ from beam_pipelines import runners
 from bone_age import age_groups
 from bone_age import errors
 from bone_age import imaging
+from batch_inference import dicom_outputs
 from batch_inference import overlays
 from batch_inference import patients
 from batch_inference import pipeline as scoring
@@ -52,6 +54,8 @@ class ScoreConfig:
   inputs_manifest: str | None = None
   allow_empty_patterns: bool = False
   members_per_read: int = sources.DEFAULT_MEMBERS_PER_READ
+  dicom_outputs: bool = False
+  dicomweb_url: str | None = None
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -85,6 +89,11 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        "Decompression-bomb guard: largest image (H*W) decoded.", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("overlay_max_px", overlays.DEFAULT_OVERLAY_MAX_PX, "Long side of the overlay PNGs.",
                        lower_bound=16, flag_values=fv)
+  flags.DEFINE_boolean("dicom_outputs", False, "For each scored DICOM, write a Structured Report and (with "
+                       "--gradcam) a Secondary Capture of the overlay into dicom/, both in the source study. They "
+                       "carry the patient's identity from the source header.", flag_values=fv)
+  flags.DEFINE_string("dicomweb_url", None, "DICOMweb root of a PACS (e.g. http://host:8042/dicom-web): send the DICOM "
+                      "outputs there with STOW-RS (implies --dicom_outputs).", flag_values=fv)
   for name in ("model_dir", "output_dir"):
     flags.mark_flag_as_required(name, flag_values=fv)
   flags.register_validator("inputs", lambda value: bool(value) or bool(fv["inputs_manifest"].value),
@@ -118,7 +127,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       metadata_csv=fv.metadata_csv, gradcam=fv.gradcam, unknown_sex=fv.unknown_sex, batch_size=fv.batch_size,
       max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px,
       inputs_manifest=fv.inputs_manifest, allow_empty_patterns=fv.allow_empty_patterns,
-      members_per_read=fv.members_per_read)
+      members_per_read=fv.members_per_read, dicom_outputs=fv.dicom_outputs or bool(fv.dicomweb_url),
+      dicomweb_url=fv.dicomweb_url)
   if not config.allow_empty_patterns:
     empty = sources.patterns_matching_nothing(config.inputs)
     if empty:
@@ -126,6 +136,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
                    "(--allow_empty_patterns records them as missing_file rejects instead)")
   if config.metadata_csv:
     patients.read_metadata_header(config.metadata_csv)
+  if config.dicomweb_url and importlib.util.find_spec("dicomweb_client") is None:
+    _usage_error("--dicomweb_url needs dicomweb-client: pip install 'bone-age[dicomweb]'")
   return config, runners.resolve_runner_args(leftover)
 
 
@@ -145,9 +157,23 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
 def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str) -> None:
   """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir."""
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
+  model = dicom_outputs.model_identity(export_dir, export_metadata, software_version())
   scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), group_names,
-                              run_dir)
+                              run_dir, model_id=model.model_id)
+  if config.dicom_outputs:
+    rows = scored.rows | "DicomOutputs" >> beam.ParDo(dicom_outputs.WriteDicomOutputsFn(
+        run_dir, model, config.dicomweb_url))
+    scored = dataclasses.replace(scored, rows=rows)
   writers.write_outputs(scored, run_dir, group_names, config.gradcam)
+
+
+def software_version() -> str:
+  """The installed bone-age package's version ('unknown' when run from an uninstalled tree)."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.metadata.version("bone-age")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown"
 
 
 def nothing_read(summary: dict) -> bool:
@@ -156,7 +182,7 @@ def nothing_read(summary: dict) -> bool:
   return summary["scored"] == 0 and summary["rejected"] > 0 and reasons <= _NOTHING_READ_REASONS
 
 
-def _manifest_files(run: runs.Run, gradcam: bool) -> dict:
+def _manifest_files(run: runs.Run, gradcam: bool, dicom: bool = False) -> dict:
   files = {
       "predictions_jsonl": run.shard_files(writers.PREDICTIONS_PREFIX, writers.JSONL_SUFFIX),
       "predictions_csv": run.shard_files(writers.PREDICTIONS_PREFIX, writers.CSV_SUFFIX),
@@ -166,6 +192,8 @@ def _manifest_files(run: runs.Run, gradcam: bool) -> dict:
   }
   if gradcam:
     files["overlays_dir"] = [overlays.OVERLAYS_DIR + "/"]
+  if dicom:
+    files["dicom_dir"] = [dicom_outputs.DICOM_DIR + "/"]
   return files
 
 
@@ -195,9 +223,10 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         "age_groups": age_groups.group_names(export_metadata["age_group_edges_months"]),
         "output_dir": run_.path, "export_dir": export_dir, "inputs": list(config.inputs),
         "metadata_csv": config.metadata_csv, "gradcam": config.gradcam, "unknown_sex": config.unknown_sex,
-        "image_size_px": int(export_metadata["image_size_px"])}
+        "image_size_px": int(export_metadata["image_size_px"]), "dicom_outputs": config.dicom_outputs,
+        "dicomweb_url": config.dicomweb_url}
     summary["status"] = runs.STATUS_NOTHING_READ if nothing_read(summary) else runs.STATUS_COMPLETE
-    run_.publish(summary, _manifest_files(run_, config.gradcam), summary["status"])
+    run_.publish(summary, _manifest_files(run_, config.gradcam, config.dicom_outputs), summary["status"])
   except BaseException as e:
     run_.mark_failed(e)
     raise
@@ -213,6 +242,10 @@ def format_summary(summary: dict) -> str:
   for reason, count in summary["rejected_by_reason"].items():
     lines.append(f"  rejected {reason}: {count}")
   lines.append(f"sex from: {summary['sex_sources']}; chronological age from: {summary['chronological_age_sources']}")
+  for name, what in (("dicom_outputs_by_status", "DICOM SR + SC"),
+                     ("dicomweb_by_status", "sent to the PACS (STOW-RS)")):
+    if summary.get(name):
+      lines.append(f"{what}: {summary[name]} (each row's reason is in its dicom_status / dicomweb_status)")
   if summary.get("scored_per_worker"):
     lines.append(f"images scored per worker: {summary['scored_per_worker']}")
   lines.append(f"outputs in {summary['output_dir']} (status {summary['status']})")

@@ -40,7 +40,8 @@ COUNTS_JSON = "counts.json"
 # with the group probabilities as one {group name: probability} object).
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
-    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "sds", "sds_reading",
+    "sds_missing_reason", "overlay_path")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -62,7 +63,7 @@ def csv_header(group_names: list[str]) -> str:
 
 def csv_row(row: dict, group_names: list[str]) -> str:
   """One predictions row as a CSV line (no line end: the text sink adds it)."""
-  values = ["" if row[c] is None else row[c] for c in BASE_COLUMNS]
+  values = ["" if row.get(c) is None else row[c] for c in BASE_COLUMNS]  # a column a row lacks stays empty
   values += [row["age_group_probabilities"][name] for name in group_names]
   return _csv_line(values)
 
@@ -115,7 +116,9 @@ class _TallyFn(beam.CombineFn):
     if tag == _READ:
       accumulator[_READ]["inputs"] += int(value)
     elif tag == _ROW:
-      sex_source, age_source, has_overlay = value
+      sex_source, age_source, has_overlay, dicom_outcomes = value
+      for name, outcome in dicom_outcomes:  # DICOM outputs and PACS sending, when asked for
+        accumulator[name][outcome] += 1
       accumulator["rows"]["all"] += 1
       accumulator["rows"]["assumed_both"] += sex_source == patients.SEX_ASSUMED_BOTH
       accumulator["rows"]["overlays"] += has_overlay
@@ -174,11 +177,20 @@ class CountOutputsFn(beam.CombineFn):
         "sex_sources": dict(sorted(accumulator["sex_sources"].items())),
         "chronological_age_sources": dict(sorted(accumulator["chronological_age_sources"].items())),
         "scored_per_worker": dict(sorted(accumulator["scored_per_worker"].items())),
+        **{name: dict(sorted(accumulator[name].items())) for name in ("dicom_outputs_by_status", "dicomweb_by_status")
+           if accumulator.get(name)},
     }
 
 
+def _outcome(status: str) -> str:
+  """'written' / 'stored' / 'not_dicom' as they are; every 'failed: <why>' counted as 'failed'."""
+  return status.split(":", 1)[0]
+
+
 def _row_item(row: dict) -> tuple:
-  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")))
+  dicom_outcomes = tuple((name, _outcome(row[key])) for name, key in (("dicom_outputs_by_status", "dicom_status"),
+                                                                      ("dicomweb_by_status", "dicomweb_status")) if row.get(key))
+  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")), dicom_outcomes)
 
 
 def _write_counts(counts: dict, path: str) -> dict:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole chain on built-in phantoms, on 2 CPU cores.
 #   phantoms -> TFDS build on Beam -> train demo_cpu -> evaluate -> export
-#   -> score a zip (PNG + DICOM + one corrupt file) with Grad-CAM -> summary.
+#   -> score a zip (PNG + DICOM + one corrupt file) with Grad-CAM, DICOM SR and
+#   Secondary Capture -> summary.
 # Every stage is one of the console scripts the README documents.
 set -euo pipefail
 out=${1:-demo_output}
@@ -22,14 +23,15 @@ stage "3/6 Train demo_cpu (TensorBoard logs under $out/model/logs)"
 boneage-train --data_dir="$out/tfds" --model_dir="$out/model" --experiment=demo_cpu
 
 stage "4/6 Evaluate the export on the untouched test split"
-boneage-evaluate --data_dir="$out/tfds" --model_dir="$out/model" --split=test --output_dir="$out/eval"
+boneage-evaluate --data_dir="$out/tfds" --model_dir="$out/model" --split=test --output_dir="$out/eval" \
+  --masks_dir="$out/phantoms/masks"
 
 stage "5/6 Score a zip of PNG + DICOM phantoms and one corrupt file, with Grad-CAM (into $out/scores/runs/<run id>/)"
 boneage-phantoms --output_dir="$out/to_score_png" --num_images=12 --seed=101 --first_id=900001
 boneage-phantoms --output_dir="$out/to_score_dicom" --num_images=8 --seed=102 --first_id=910001 --image_format=dicom
 python scripts/make_demo_archive.py "$out/to_score_png" "$out/to_score_dicom" "$out/pacs_export.zip" "$out/pacs_export_metadata.csv"
 boneage-score --model_dir="$out/model" --inputs="$out/pacs_export.zip" --metadata_csv="$out/pacs_export_metadata.csv" \
-  --output_dir="$out/scores" --gradcam=true --runner=DirectRunner
+  --output_dir="$out/scores" --gradcam=true --dicom_outputs=true --runner=DirectRunner
 
 stage "6/6 Summary"
 python scripts/demo_summary.py "$out"

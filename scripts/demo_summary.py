@@ -27,6 +27,27 @@ def _latest_scores(scores_dir: str) -> dict | None:
     return None
 
 
+def _three_patients(rows: list[dict]) -> list[dict]:
+  """Three rows to show, those with a known chronological age (and so an SDS) first."""
+  return sorted(rows, key=lambda r: (r.get("chronological_age_months") is None, r["id"]))[:3]
+
+
+def patient_lines(row: dict, run_dir: str) -> list[str]:
+  """One patient's result in words: BA (with interval), CA, BA - CA, SDS and reading, the SR's path."""
+  ba = f"bone age {row['boneage']} ({row['boneage_months']:.1f} months)"
+  if row.get("interval_low_months") is not None:
+    ba += f", interval {row['interval_low_months']:.1f} to {row['interval_high_months']:.1f} months"
+  if row.get("chronological_age_months") is None:
+    age = "chronological age unknown: no BA - CA, no SDS"
+  else:
+    age = (f"chronological age {row['chronological_age_months']:.1f} months, "
+           f"BA - CA {row['ba_minus_ca_months']:+.1f} months, ")
+    age += (f"SDS {row['sds']:+.2f} ({row['sds_reading']})" if row.get("sds") is not None
+            else f"no SDS ({row['sds_missing_reason']})")
+  sr = os.path.join(run_dir, row["dicom_sr_path"]) if row.get("dicom_sr_path") else f"no SR ({row.get('dicom_status')})"
+  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}"]
+
+
 def main(out: str) -> int:
   scores = _latest_scores(os.path.join(out, "scores"))
   run_dir = scores["run_dir"] if scores else os.path.join(out, "scores", "runs", "<none published>")
@@ -41,6 +62,7 @@ def main(out: str) -> int:
       "plots": os.path.join(out, "eval", "bland_altman.png"),
       "predictions (CSV shards)": os.path.join(run_dir, (shards.get("predictions_csv") or ["predictions-*.csv"])[0]),
       "overlays": os.path.join(run_dir, "overlays"),
+      "DICOM SR + Secondary Capture": os.path.join(run_dir, "dicom"),
       "scoring rejects": os.path.join(run_dir, (shards.get("rejects_jsonl") or ["rejects-*.jsonl"])[0]),
       "scoring summary": os.path.join(run_dir, "summary.json"),
   }
@@ -62,9 +84,14 @@ def main(out: str) -> int:
         f"({100 * mae / baseline:.0f}% of the baseline) on {report['overall']['count']} synthetic phantoms")
   summary = scores["summary"]
   print(f"  scoring run {scores['run_id']}: {json.dumps(summary, sort_keys=True)}")
-  print("  first predictions (id, sex, bone age, overlay):")
-  for row in scores["predictions"][:4]:
-    print(f"    {row['id']}  {row['sex']}  {row['boneage']}  {row['overlay_path']}")
+  share = report.get("gradcam_mask_share")
+  if share:
+    print(f"  Grad-CAM: {100 * share['heat_mass_in_mask_mean']:.0f}% of the heat lies in the age-signal mask, which "
+          f"covers {100 * share['mask_area_fraction_mean']:.0f}% of the image ({share['ratio_to_area']:.1f}x)")
+  print("\n  Three patients (research use only, not a medical device):")
+  for row in _three_patients(scores["predictions"]):
+    for line in patient_lines(row, run_dir):
+      print(f"    {line}")
   print(f"\n  TensorBoard: tensorboard --logdir={paths['TensorBoard logs']}  (then open http://localhost:6006)")
   return 0
 

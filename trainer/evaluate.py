@@ -14,6 +14,9 @@ images) and writes:
                     each named group)
   *.png             scatter, Bland-Altman, confusion matrix, error by age,
                     each titled with the model, the dataset and the split
+With a masks directory (phantoms' `masks/<id>.png`), metrics.json also has
+`gradcam_mask_share`: Grad-CAM mass inside the age-signal mask against the
+mask's share of the image (trainer.gradcam_mask).
 """
 
 import csv
@@ -31,6 +34,7 @@ from bone_age import export as ba_export
 from bone_age import metrics
 from bone_age import model as ba_model
 from bone_age import schema
+from trainer import gradcam_mask
 from trainer import input_pipeline
 from trainer import plots
 
@@ -167,8 +171,11 @@ def plot_title(export_metadata: dict, builder, split: str, count: int) -> str:
 
 
 def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+             batch_size: int = DEFAULT_BATCH_SIZE, masks_dir: str | None = None) -> dict:
   """Evaluates the export in model_dir on `split`; writes metrics, predictions and plots.
+
+  With masks_dir (a folder of `<id>.png` age-signal masks, as boneage-phantoms
+  writes them), the report also holds `gradcam_mask_share`.
 
   Returns:
     The metrics.json content.
@@ -199,6 +206,8 @@ def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
       "export_dataset_version": export_metadata.get("dataset_version"),
       "backbone": export_metadata.get("backbone"),
   })
+  if masks_dir:
+    report["gradcam_mask_share"] = gradcam_mask.mask_share_report(model, builder, split, masks_dir, batch_size)
   tf.io.gfile.makedirs(output_dir)
   labeled = np.isfinite(predictions["true_months"])
   report["plots"] = plots.write_all(

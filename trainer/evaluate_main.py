@@ -25,6 +25,8 @@ def _parse_flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_string("output_dir", None, "Where metrics.json, predictions.csv and plots go.", flag_values=fv)
   flags.DEFINE_integer("batch_size", evaluate.DEFAULT_BATCH_SIZE, "Images per forward pass.", lower_bound=1,
                        flag_values=fv)
+  flags.DEFINE_string("masks_dir", None, "Phantoms' masks/ folder (<id>.png age-signal masks): adds the Grad-CAM "
+                      "mass inside the mask to metrics.json.", flag_values=fv)
   usage = f"usage: boneage-evaluate --data_dir=DATA --model_dir=RUN --output_dir=EVAL [--split=test]\n{fv.get_help()}"
   if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
     print(usage)
@@ -41,8 +43,11 @@ def _parse_flags(argv: list[str]) -> flags.FlagValues:
 def main(argv: list[str] | None = None) -> None:
   """Console script `boneage-evaluate`; prints the headline metrics as JSON."""
   fv = _parse_flags(list(sys.argv if argv is None else argv))
-  report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size)
-  print(json.dumps({"split": report["split"], "overall": report["overall"], "baseline": report["baseline"]}, indent=2))
+  report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size, fv.masks_dir)
+  headline = {"split": report["split"], "overall": report["overall"], "baseline": report["baseline"]}
+  if "gradcam_mask_share" in report:
+    headline["gradcam_mask_share"] = report["gradcam_mask_share"]
+  print(json.dumps(headline, indent=2))
 
 
 if __name__ == "__main__":
