@@ -95,7 +95,8 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
       read from its header when not given.
   """
   model_handler = ml_base.KeyedModelHandler(
-      handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam))
+      handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam,
+                                  engine=config.engine, precision=config.precision))
   if config.metadata_csv and metadata_fields is None:
     metadata_fields = patients.read_metadata_header(config.metadata_csv)
 

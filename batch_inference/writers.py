@@ -40,7 +40,7 @@ COUNTS_JSON = "counts.json"
 # with the group probabilities as one {group name: probability} object).
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
-    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path", "engine")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -115,7 +115,8 @@ class _TallyFn(beam.CombineFn):
     if tag == _READ:
       accumulator[_READ]["inputs"] += int(value)
     elif tag == _ROW:
-      sex_source, age_source, has_overlay = value
+      sex_source, age_source, has_overlay, engine = value
+      accumulator["rows_by_engine"][engine] += 1
       accumulator["rows"]["all"] += 1
       accumulator["rows"]["assumed_both"] += sex_source == patients.SEX_ASSUMED_BOTH
       accumulator["rows"]["overlays"] += has_overlay
@@ -174,11 +175,12 @@ class CountOutputsFn(beam.CombineFn):
         "sex_sources": dict(sorted(accumulator["sex_sources"].items())),
         "chronological_age_sources": dict(sorted(accumulator["chronological_age_sources"].items())),
         "scored_per_worker": dict(sorted(accumulator["scored_per_worker"].items())),
+        "rows_by_engine": dict(sorted(accumulator["rows_by_engine"].items())),
     }
 
 
 def _row_item(row: dict) -> tuple:
-  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")))
+  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")), row["engine"])
 
 
 def _write_counts(counts: dict, path: str) -> dict:
