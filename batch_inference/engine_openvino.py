@@ -9,7 +9,9 @@ workers (or runs) on the same machine reuse it. `$BONEAGE_ENGINE_CACHE`
 moves the cache (default ~/.cache/bone_age/openvino).
 
 Compiled models are per batch size with a static input shape (the handler
-pads every batch to one size, so one compilation serves a whole run).
+pads every batch to one size, so one compilation serves a whole run). One
+loaded model serves every thread of a worker process (RunInference shares it),
+so each thread gets its own infer request: a request is not thread-safe.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 
@@ -135,17 +138,26 @@ class OpenVINOEngine:
     self._core = ov.Core()
     self._model = self._core.read_model(xml_path)
     self._compiled: dict[int, object] = {}
+    self._compile_lock = threading.Lock()
+    self._requests = threading.local()
+
+  def _compiled_model(self, batch_size: int):
+    with self._compile_lock:
+      if batch_size not in self._compiled:
+        import openvino as ov  # pylint: disable=g-import-not-at-top
+
+        model = self._model.clone()
+        model.reshape({port.get_any_name(): ov.PartialShape([batch_size, *port.get_partial_shape()[1:]])
+                       for port in model.inputs})
+        self._compiled[batch_size] = self._core.compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.precision]})
+      return self._compiled[batch_size]
 
   def _request(self, batch_size: int):
-    if batch_size not in self._compiled:
-      import openvino as ov  # pylint: disable=g-import-not-at-top
-
-      model = self._model.clone()
-      model.reshape({port.get_any_name(): ov.PartialShape([batch_size, *port.get_partial_shape()[1:]])
-                     for port in model.inputs})
-      compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.precision]})
-      self._compiled[batch_size] = compiled.create_infer_request()
-    return self._compiled[batch_size]
+    requests = self._requests.__dict__.setdefault("by_batch_size", {})
+    if batch_size not in requests:
+      requests[batch_size] = self._compiled_model(batch_size).create_infer_request()
+    return requests[batch_size]
 
   def run(self, images: np.ndarray, male: np.ndarray) -> engines.EngineOutputs:
     """images (B, S, S, 1) uint8, male (B,) float32 -> EngineOutputs."""

@@ -128,6 +128,21 @@ def test_openvino_bf16_stays_within_the_reduced_precision_tolerance(loaded, open
 
 
 @needs_openvino
+def test_openvino_engine_serves_concurrent_threads(openvino_xml, phantom_batch):
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
+
+  engine = engine_openvino.OpenVINOEngine(openvino_xml, engines.FLOAT32)
+  images, male = phantom_batch
+  batches = [(np.roll(images, shift, axis=0)[:4], np.roll(male, shift)[:4]) for shift in range(8)]
+  serial = [engine.run(*b).months for b in batches]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    threaded = list(pool.map(lambda b: engine.run(*b).months, batches))
+  for expected, got in zip(serial, threaded):
+    np.testing.assert_array_equal(got, expected)
+
+
+@needs_openvino
 def test_conversion_is_cached_per_export_content(loaded, tiny_export, openvino_xml, tmp_path):
   import os  # pylint: disable=g-import-not-at-top
   from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
