@@ -54,6 +54,7 @@ def _parse_args(argv):
   parser.add_argument("--num_images", type=int, default=48, help="images per timed configuration and round")
   parser.add_argument("--repeats", type=int, default=3, help="rounds of every configuration, interleaved")
   parser.add_argument("--phantoms", type=int, default=16, help="phantom radiographs of the accuracy check")
+  parser.add_argument("--real_images", type=int, default=0, help="real sample radiographs to use; 0: all")
   parser.add_argument("--fit_head_images", type=int, default=64,
                       help="phantoms the month layer is fitted on (least squares) so predictions follow the image; "
                            "0 keeps the random-weight model")
@@ -214,6 +215,8 @@ def main(argv=None) -> dict:
 
   phantoms = engine_openvino.phantom_batch(size, count=args.phantoms)
   real = real_sample(size)
+  if real is not None and args.real_images:
+    real = (real[0][:args.real_images], real[1][:args.real_images])
   if real is None:
     print("real sample: ../shared/data/rsna_sample not found (set BONEAGE_SHARED_DATA): accuracy on phantoms only")
   sets = {"phantoms": phantoms, **({"real_sample": real} if real is not None else {})}
