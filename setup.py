@@ -5,7 +5,8 @@ script; Dataflow ships the same packages to its workers with
 `--setup_file=./setup.py`.
 Extras: `test` (pytest), `dask` (DaskRunner on a local or remote cluster),
 `gcp` (Dataflow, Vertex AI, GCS), `jax` (the Keras JAX backend used by the GPU
-step-rate benchmark), and exactly one TensorFlow variant: `cpu`, `gpu` (CUDA
+step-rate benchmark), `openvino` (the scorer's fast CPU engine, --engine=openvino),
+`onnx` (ONNX Runtime, measured against OpenVINO by benchmarks/bench_engine.py), and exactly one TensorFlow variant: `cpu`, `gpu` (CUDA
 wheels) or `tpu` (tensorflow-tpu and libtpu for TPU VMs and Vertex AI TPUs),
 e.g. `pip install '.[cpu]'`. The core names no TensorFlow package because the
 variants are separate distributions that write the same `tensorflow/` folder.
@@ -48,10 +49,15 @@ EXTRAS_REQUIRE = {
     # and grey+alpha PNGs, which cv2 cannot.
     # jax: the backend-agnostic model test runs Keras on JAX; scikit-learn: the
     # kappa cross-check; gcp-storage-emulator: a local GCS for the gs:// tests;
-    # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests.
+    # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests;
+    # openvino: the engine tests compare it with TensorFlow.
     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10", "jax>=0.4.30",
              "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9",
-             "dicomweb-client>=0.61,<0.62"],
+             "dicomweb-client>=0.61,<0.62", "openvino>=2026.4,<2027"],
+    # The scorer's CPU engine (batch_inference/engine_openvino.py); the default install runs TensorFlow alone.
+    "openvino": ["openvino>=2026.4,<2027"],
+    # Only for benchmarks/bench_engine.py's ONNX Runtime comparison.
+    "onnx": ["onnxruntime>=1.20", "tf2onnx>=1.16", "onnx>=1.16"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],
     # STOW-RS to a PACS (boneage-score --dicomweb_url); the test extra brings it for the Orthanc test.
     "dicomweb": ["dicomweb-client>=0.61,<0.62"],

@@ -15,6 +15,12 @@ that one included, sends its batches through a proxy. Forward passes and
 Grad-CAM both run inside the owning process, so Grad-CAM works the same
 shared or not. The owning process turns TensorFlow's GPU memory growth on
 before loading, so it takes the memory it needs, not the whole GPU.
+
+The forward pass runs on an inference engine (`engines`: TensorFlow, or
+OpenVINO converted once per machine), chosen and resolved on the worker.
+Every engine also returns the backbone's feature map: its global average
+pool is each image's embedding, and Grad-CAM takes the gradient of the months
+with respect to it from the Keras head alone.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Inference:
   boneage_months: float
   group_probabilities: np.ndarray  # (G,) float32
   heatmap: np.ndarray | None  # (S, S) float32 in [0, 1], with Grad-CAM only
+  embedding: np.ndarray | None = None  # (C,) float32, global average pool of the backbone features
+  engine: str = ""  # what computed it, e.g. 'openvino-float32' (engines.label)
 
 
 def stack_requests(batch: Sequence[ScoreRequest], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,28 +94,33 @@ def enable_gpu_memory_growth() -> None:
 
 
 class LoadedScorer:
-  """The loaded export and the one call RunInference makes on it.
+  """The loaded export, its engine, and the one call RunInference makes on them.
 
   Lives in the process that loaded the model: the SDK process itself, or,
   with a shared model, the process that owns it, reached through a proxy
-  that forwards `score` calls (arguments and results are numpy arrays).
+  that forwards method calls (arguments and results are numpy arrays and str).
   """
 
-  def __init__(self, model, gradcam: bool):
+  def __init__(self, model, gradcam: bool, engine=None):
+    from batch_inference import engines  # pylint: disable=g-import-not-at-top
+
     self._model = model
     self._gradcam = bool(gradcam)
+    self._engine = engine if engine is not None else engines.TensorFlowEngine(model)
+
+  def engine_label(self) -> str:
+    """The engine and precision that score here, e.g. 'openvino-bf16'."""
+    return self._engine.label
 
   def score(self, images: np.ndarray, male: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Months (B,), group probabilities (B, G) and Grad-CAM heatmaps (B, S, S) or None."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Months (B,), group probabilities (B, G), Grad-CAM heatmaps (B, S, S) or None, embeddings (B, C)."""
+    outputs = self._engine.run(images, male)
+    heatmaps = None
     if self._gradcam:
       from bone_age import gradcam  # pylint: disable=g-import-not-at-top
-      months, probs, heatmaps = gradcam.predict_with_gradcam(self._model, images, male, batch_size=len(images))
-      heatmaps = np.asarray(heatmaps, dtype=np.float32)
-    else:
-      months, probs = forward(self._model, images, male)
-      heatmaps = None
-    return np.asarray(months, dtype=np.float32).reshape(-1), np.asarray(probs, dtype=np.float32), heatmaps
+      heatmaps = gradcam.heatmaps_from_features(self._model, outputs.features, male)
+    return outputs.months, outputs.probabilities, heatmaps, outputs.embeddings
 
 
 class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
@@ -121,15 +134,26 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     share_model: One model copy per GPU shared by all SDK processes of a
       worker (True), one copy per process (False), or decided on the worker:
       shared when it has a GPU (None).
+    engine: engines.ENGINES entry, resolved on the worker ('auto': the
+      fastest installed there).
+    precision: engines.PRECISIONS entry ('auto': bf16 only where it holds).
   """
 
   def __init__(self, export_dir: str, *, batch_size: int = 8, gradcam: bool = False,
-               share_model: bool | None = None):
+               share_model: bool | None = None, engine: str = "tensorflow", precision: str = "float32"):
     super().__init__()
+    from batch_inference import engines  # pylint: disable=g-import-not-at-top
+
+    if engine not in engines.ENGINES:
+      raise ValueError(f"unknown engine {engine!r}; expected one of {engines.ENGINES}")
+    if precision not in engines.PRECISIONS:
+      raise ValueError(f"unknown precision {precision!r}; expected one of {engines.PRECISIONS}")
     self._export_dir = export_dir
     self._batch_size = int(batch_size)
     self._gradcam = bool(gradcam)
     self._share_model = share_model
+    self._engine = engine
+    self._precision = precision
 
   def share_model_across_processes(self) -> bool:
     # Called on the worker when RunInference sets up, so the GPU check sees
@@ -141,24 +165,30 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     return self._share_model
 
   def load_model(self) -> LoadedScorer:
+    from batch_inference import engines  # pylint: disable=g-import-not-at-top
     from bone_age import export  # pylint: disable=g-import-not-at-top
 
-    if visible_gpu_count():
+    gpus = visible_gpu_count()
+    if gpus:
       enable_gpu_memory_growth()
     model, _ = export.load_export(self._export_dir)
+    engine = engines.load_engine(model, self._export_dir, self._engine, self._precision, gpu_count=gpus)
+    logging.info("scoring with engine %s", engine.label)
     # RunInference keeps this object alive for the worker's lifetime (per
     # process, or in the owning process when shared): loaded once, not per bundle.
-    return LoadedScorer(model, self._gradcam)
+    return LoadedScorer(model, self._gradcam, engine)
 
   def run_inference(self, batch: Sequence[ScoreRequest], model: LoadedScorer,
                     inference_args=None) -> Iterable[base.PredictionResult]:
     del inference_args
     size = max(self._batch_size, len(batch))
     images, male = stack_requests(batch, size)
-    months, probs, heatmaps = model.score(images, male)
+    months, probs, heatmaps, embeddings = model.score(images, male)
+    engine = model.engine_label()
     return [
         base.PredictionResult(
-            request, Inference(float(months[i]), probs[i], None if heatmaps is None else heatmaps[i]))
+            request, Inference(float(months[i]), probs[i], None if heatmaps is None else heatmaps[i],
+                               embeddings[i], engine))
         for i, request in enumerate(batch)
     ]
 

@@ -96,7 +96,8 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
     model_id: The model's id, written on the overlays.
   """
   model_handler = ml_base.KeyedModelHandler(
-      handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam))
+      handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam,
+                                  engine=config.engine, precision=config.precision))
   if config.metadata_csv and metadata_fields is None:
     metadata_fields = patients.read_metadata_header(config.metadata_csv)
 

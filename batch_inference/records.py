@@ -89,6 +89,7 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
       "chronological_age_source": subject.chronological_age_source,
       "ba_minus_ca_months": None if age is None else _round(months - age),
       "overlay_path": None,
+      "engine": inference.engine,  # engine and precision that computed this row (engines.label)
   }
   row.update(reference.sds_columns(months, age, subject.sex))
   return row

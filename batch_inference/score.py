@@ -2,7 +2,8 @@
 
   boneage-score --model_dir=EXPORT_OR_MODEL_DIR --inputs=PATTERN[,PATTERN...]
       --output_dir=DIR [--metadata_csv=CSV] [--gradcam=true]
-      [--unknown_sex=reject|both|male|female] [--batch_size=8] [Beam options]
+      [--unknown_sex=reject|both|male|female] [--batch_size=N]
+      [--engine=tensorflow|openvino|auto] [--precision=float32|bf16|auto] [Beam options]
 
 Beam options (--runner=DirectRunner|DaskRunner|DataflowRunner,
 --direct_running_mode, --dask_client_address, --project, --setup_file, ...)
@@ -27,6 +28,8 @@ from bone_age import age_groups
 from bone_age import errors
 from bone_age import imaging
 from batch_inference import dicom_outputs
+from batch_inference import engines
+from batch_inference import handler
 from batch_inference import overlays
 from batch_inference import patients
 from batch_inference import pipeline as scoring
@@ -56,6 +59,11 @@ class ScoreConfig:
   members_per_read: int = sources.DEFAULT_MEMBERS_PER_READ
   dicom_outputs: bool = False
   dicomweb_url: str | None = None
+  engine: str = "tensorflow"
+  precision: str = engines.FLOAT32
+
+# --batch_size=0 picks CPU_BATCH_SIZE, or engines.GPU_MIN_BATCH_SIZE for GPU workers.
+CPU_BATCH_SIZE = 8
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -78,7 +86,17 @@ def _define_flags(fv: flags.FlagValues) -> None:
                     "Images whose sex neither the CSV nor DICOM gives: reject them (reason unknown_sex), score "
                     "them as both sexes (two rows, sex_source=assumed_both), or as male/female "
                     "(sex_source=assumed).", flag_values=fv)
-  flags.DEFINE_integer("batch_size", 8, "Images per model call.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("batch_size", 0, f"Images per model call; 0: {CPU_BATCH_SIZE}, or "
+                       f"{engines.GPU_MIN_BATCH_SIZE} when this machine has a GPU or the Beam options ask for a "
+                       "worker accelerator.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_enum("engine", "tensorflow", engines.ENGINES,
+                    "What runs the model on the workers: tensorflow (XLA on a GPU), openvino (CPU, converted once "
+                    "per machine and cached; pip install 'bone-age[openvino]'), or auto: openvino on CPU-only "
+                    "workers where it is installed, else tensorflow.", flag_values=fv)
+  flags.DEFINE_enum("precision", engines.FLOAT32, engines.PRECISIONS,
+                    "float32; bf16 (openvino only, fast on CPUs with native BF16); or auto: bf16 only where the "
+                    "CPU has it natively and the model's months stay within 0.5 months (mean) / 2 months (max) "
+                    "of float32 on phantom radiographs, else float32.", flag_values=fv)
   flags.DEFINE_integer("max_member_bytes", sources.DEFAULT_MAX_MEMBER_BYTES,
                        "Largest image file or archive member read; larger ones are rejected.", lower_bound=1,
                        flag_values=fv)
@@ -128,7 +146,11 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px,
       inputs_manifest=fv.inputs_manifest, allow_empty_patterns=fv.allow_empty_patterns,
       members_per_read=fv.members_per_read, dicom_outputs=fv.dicom_outputs or bool(fv.dicomweb_url),
-      dicomweb_url=fv.dicomweb_url)
+      dicomweb_url=fv.dicomweb_url, engine=fv.engine, precision=fv.precision)
+  if config.precision == engines.BF16 and config.engine == "tensorflow":
+    _usage_error("--precision=bf16 needs --engine=openvino (or auto); the TensorFlow engine runs float32")
+  if config.batch_size == 0:
+    config = dataclasses.replace(config, batch_size=default_batch_size(leftover))
   if not config.allow_empty_patterns:
     empty = sources.patterns_matching_nothing(config.inputs)
     if empty:
@@ -139,6 +161,13 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
   if config.dicomweb_url and importlib.util.find_spec("dicomweb_client") is None:
     _usage_error("--dicomweb_url needs dicomweb-client: pip install 'bone-age[dicomweb]'")
   return config, runners.resolve_runner_args(leftover)
+
+
+def default_batch_size(beam_args: list[str]) -> int:
+  """Batch size for --batch_size=0: large on GPUs (here, or asked of the workers), else CPU_BATCH_SIZE."""
+  if handler.visible_gpu_count() or any("worker_accelerator" in a for a in beam_args):
+    return engines.GPU_MIN_BATCH_SIZE
+  return CPU_BATCH_SIZE
 
 
 def resolve_export(model_dir: str) -> tuple[str, dict]:
@@ -224,7 +253,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         "output_dir": run_.path, "export_dir": export_dir, "inputs": list(config.inputs),
         "metadata_csv": config.metadata_csv, "gradcam": config.gradcam, "unknown_sex": config.unknown_sex,
         "image_size_px": int(export_metadata["image_size_px"]), "dicom_outputs": config.dicom_outputs,
-        "dicomweb_url": config.dicomweb_url}
+        "dicomweb_url": config.dicomweb_url,
+        # What was asked for; rows_by_engine (from the rows) says what each worker resolved it to.
+        "engine": {"requested": config.engine, "precision": config.precision, "batch_size": config.batch_size}}
     summary["status"] = runs.STATUS_NOTHING_READ if nothing_read(summary) else runs.STATUS_COMPLETE
     run_.publish(summary, _manifest_files(run_, config.gradcam, config.dicom_outputs), summary["status"])
   except BaseException as e:
@@ -248,6 +279,8 @@ def format_summary(summary: dict) -> str:
       lines.append(f"{what}: {summary[name]} (each row's reason is in its dicom_status / dicomweb_status)")
   if summary.get("scored_per_worker"):
     lines.append(f"images scored per worker: {summary['scored_per_worker']}")
+  if summary.get("rows_by_engine"):
+    lines.append(f"rows by engine: {summary['rows_by_engine']}")
   lines.append(f"outputs in {summary['output_dir']} (status {summary['status']})")
   return "\n".join(lines)
 

@@ -41,7 +41,7 @@ COUNTS_JSON = "counts.json"
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
     "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "sds", "sds_reading",
-    "sds_missing_reason", "overlay_path")
+    "sds_missing_reason", "overlay_path", "engine")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -116,9 +116,10 @@ class _TallyFn(beam.CombineFn):
     if tag == _READ:
       accumulator[_READ]["inputs"] += int(value)
     elif tag == _ROW:
-      sex_source, age_source, has_overlay, dicom_outcomes = value
+      sex_source, age_source, has_overlay, dicom_outcomes, engine = value
       for name, outcome in dicom_outcomes:  # DICOM outputs and PACS sending, when asked for
         accumulator[name][outcome] += 1
+      accumulator["rows_by_engine"][engine] += 1
       accumulator["rows"]["all"] += 1
       accumulator["rows"]["assumed_both"] += sex_source == patients.SEX_ASSUMED_BOTH
       accumulator["rows"]["overlays"] += has_overlay
@@ -177,6 +178,7 @@ class CountOutputsFn(beam.CombineFn):
         "sex_sources": dict(sorted(accumulator["sex_sources"].items())),
         "chronological_age_sources": dict(sorted(accumulator["chronological_age_sources"].items())),
         "scored_per_worker": dict(sorted(accumulator["scored_per_worker"].items())),
+        "rows_by_engine": dict(sorted(accumulator["rows_by_engine"].items())),
         **{name: dict(sorted(accumulator[name].items())) for name in ("dicom_outputs_by_status", "dicomweb_by_status")
            if accumulator.get(name)},
     }
@@ -190,7 +192,8 @@ def _outcome(status: str) -> str:
 def _row_item(row: dict) -> tuple:
   dicom_outcomes = tuple((name, _outcome(row[key])) for name, key in (("dicom_outputs_by_status", "dicom_status"),
                                                                       ("dicomweb_by_status", "dicomweb_status")) if row.get(key))
-  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")), dicom_outcomes)
+  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")), dicom_outcomes,
+                row["engine"])
 
 
 def _write_counts(counts: dict, path: str) -> dict:

@@ -52,6 +52,8 @@ def _parse_args(argv):
   parser.add_argument("--output_dir", default=str(REPO / "bench_output"))
   parser.add_argument("--beam_args", default="", help="extra Beam options for the scoring runs, space-separated")
   parser.add_argument("--skip_gradcam", action="store_true")
+  parser.add_argument("--engine", default="tensorflow", help="the scorer's --engine (batch_inference/engines.py)")
+  parser.add_argument("--precision", default="float32", help="the scorer's --precision")
   return parser.parse_args(argv)
 
 
@@ -122,7 +124,8 @@ def score_once(export_dir, inputs_pattern, metadata_csv, output_dir, gradcam: bo
   from batch_inference import score  # pylint: disable=g-import-not-at-top
 
   argv = [f"--model_dir={export_dir}", f"--inputs={inputs_pattern}", f"--output_dir={output_dir}",
-          f"--metadata_csv={metadata_csv}", f"--batch_size={args.batch_size}", f"--gradcam={str(gradcam).lower()}"]
+          f"--metadata_csv={metadata_csv}", f"--batch_size={args.batch_size}", f"--gradcam={str(gradcam).lower()}",
+          f"--engine={args.engine}", f"--precision={args.precision}"]
   argv += args.beam_args.split()
   cpu_start = time.process_time()
   start = time.perf_counter()

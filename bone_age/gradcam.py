@@ -5,6 +5,12 @@ heatmap explained a prediction nobody reported. Here one forward pass per
 batch returns the backbone features and the outputs together, and one
 gradient tape gives d(months)/d(features) for every image at once, using the
 same male input that produced the returned months. TensorFlow backend only.
+
+`heatmaps_from_features` serves inference engines that already computed the
+backbone's feature map (OpenVINO, a compiled forward): it replays only the
+small head (pooling and dense layers) on those features under a tape, so the
+backbone is never run twice and the map equals the whole-model Grad-CAM when
+the features do.
 """
 
 import weakref
@@ -17,6 +23,7 @@ from bone_age import model as ba_model
 DEFAULT_BATCH_SIZE = 16
 
 _CACHE: "weakref.WeakKeyDictionary[keras.Model, object]" = weakref.WeakKeyDictionary()
+_HEAD_CACHE: "weakref.WeakKeyDictionary[keras.Model, object]" = weakref.WeakKeyDictionary()
 
 
 def _gradcam_function(model: keras.Model):
@@ -45,17 +52,105 @@ def _gradcam_function(model: keras.Model):
       # gradient of the batch sum is each image's own gradient.
       target = tf.reduce_sum(outputs[ba_model.AGE_OUTPUT])
     grads = tf.cast(tape.gradient(target, feats), tf.float32)
-    feats32 = tf.cast(feats, tf.float32)
-    channel_weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(channel_weights * feats32, axis=-1, keepdims=True))
-    cam = tf.image.resize(cam, (size_px, size_px), method="bilinear")[..., 0]
-    peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-    # An all-zero map (no positive evidence) stays zero instead of dividing by zero.
-    cam = tf.math.divide_no_nan(cam, peak)
-    return outputs[ba_model.AGE_OUTPUT][:, 0], outputs[ba_model.GROUP_OUTPUT], tf.clip_by_value(cam, 0.0, 1.0)
+    cam = _cam(tf.cast(feats, tf.float32), grads, size_px)
+    return outputs[ba_model.AGE_OUTPUT][:, 0], outputs[ba_model.GROUP_OUTPUT], cam
 
   _CACHE[model] = run
   return run
+
+
+def _cam(feats32, grads, size_px: int):
+  """Channel-weighted, ReLU'd feature map, resized to (B, S, S) and scaled to [0, 1] per image."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  channel_weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+  cam = tf.nn.relu(tf.reduce_sum(channel_weights * feats32, axis=-1, keepdims=True))
+  cam = tf.image.resize(cam, (size_px, size_px), method="bilinear")[..., 0]
+  peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+  # An all-zero map (no positive evidence) stays zero instead of dividing by zero.
+  return tf.clip_by_value(tf.math.divide_no_nan(cam, peak), 0.0, 1.0)
+
+
+def head_outputs(model: keras.Model, features, male) -> dict:
+  """The model's outputs computed from backbone features: only the layers after the backbone run.
+
+  A sub-model starting at the backbone's output tensor would clone the head's
+  graph nodes into the layers and break `model.save`; calling the layers on
+  concrete tensors adds no nodes. The replay walks the model's own graph in
+  depth order (as Keras' Functional does) and evaluates every node whose inputs
+  are known, starting from the features and the male input, so any head
+  architecture works without naming its layers.
+
+  Args:
+    model: a bone age model.
+    features: (B, h, w, C) backbone output (a tensor or array).
+    male: (B, 1) float32.
+
+  Returns:
+    {AGE_OUTPUT: (B, 1), GROUP_OUTPUT: (B, G)} tensors.
+  """
+  feature_tensor = ba_model.backbone_feature_tensor(model)
+  male_tensor = model.input[ba_model.MALE_INPUT]
+  known = {id(feature_tensor): features, id(male_tensor): male}
+  nodes_by_depth = model._nodes_by_depth  # pylint: disable=protected-access
+  for depth in sorted(nodes_by_depth, reverse=True):
+    for node in nodes_by_depth[depth]:
+      if not node.operation or node.is_input or any(id(x) not in known for x in node.input_tensors):
+        continue
+      args, kwargs = node.arguments.fill_in(known)
+      if getattr(node.operation, "_call_has_training_arg", False):
+        kwargs["training"] = False
+      outputs = node.operation(*args, **kwargs)
+      for symbolic, value in zip(node.outputs, keras.tree.flatten(outputs)):
+        known[id(symbolic)] = value
+  return {name: known[id(tensor)] for name, tensor in model.output.items()}
+
+
+def _head_gradcam_function(model: keras.Model):
+  """A compiled (B,h,w,C) features + (B,1) male -> heatmaps (B,S,S) function, cached per model."""
+  cached = _HEAD_CACHE.get(model)
+  if cached is not None:
+    return cached
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  size_px = ba_model.image_size_px(model)
+
+  @tf.function(reduce_retracing=True)
+  def run(features, male):
+    with tf.GradientTape() as tape:
+      tape.watch(features)
+      outputs = head_outputs(model, features, male)
+      # Samples are independent at inference, so the batch sum's gradient is each image's own.
+      target = tf.reduce_sum(outputs[ba_model.AGE_OUTPUT])
+    grads = tf.cast(tape.gradient(target, features), tf.float32)
+    return _cam(tf.cast(features, tf.float32), grads, size_px)
+
+  _HEAD_CACHE[model] = run
+  return run
+
+
+def heatmaps_from_features(model: keras.Model, features, male) -> np.ndarray:
+  """Grad-CAM of the month head from precomputed backbone features.
+
+  Args:
+    model: the bone age model whose backbone produced `features`.
+    features: (B, h, w, C) float32 backbone output, e.g. from an inference engine.
+    male: (B,) 1 = male, 0 = female: each image's own sex.
+
+  Returns:
+    (B, S, S) float32 heatmaps in [0, 1], as `predict_with_gradcam` returns them.
+
+  Raises:
+    ValueError: if features and male disagree in batch size.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  features = np.asarray(features, dtype=np.float32)
+  male = np.asarray(male, dtype=np.float32).reshape(-1, 1)
+  if features.ndim != 4 or features.shape[0] != male.shape[0]:
+    raise ValueError(f"features must be (B, h, w, C) with one sex per image, got {features.shape} and "
+                     f"{male.shape[0]} sex values")
+  return _head_gradcam_function(model)(tf.constant(features), tf.constant(male)).numpy()
 
 
 def predict_with_gradcam(model: keras.Model, images_uint8, male, *,

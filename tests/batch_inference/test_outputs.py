@@ -26,7 +26,7 @@ def _row(example_id: str, sex: str = "M", sex_source: str = "csv", overlay: bool
           "boneage_months": 120.0, "boneage": "10 years 0 months", "age_group": "a", "age_group_index": 0,
           "age_group_probabilities": {"a": 0.75, "b": 0.25}, "chronological_age_months": None,
           "chronological_age_source": None, "ba_minus_ca_months": None,
-          "overlay_path": f"overlays/{example_id}.png" if overlay else None}
+          "overlay_path": f"overlays/{example_id}.png" if overlay else None, "engine": "tensorflow-float32"}
 
 
 def _scored(pipeline, rows, rejects, tallies, worker_tallies=()) -> scoring.ScoredRows:
@@ -49,7 +49,7 @@ def test_writers_count_inside_the_pipeline(tmp_path):
       "read": 6, "scored": 4, "rejected": 2, "accounted": True, "prediction_rows": 5, "overlays": 1,
       "rejected_by_reason": {"missing_file": 1, "truncated": 1},
       "sex_sources": {"assumed_both": 2, "csv": 2, "dicom": 1}, "chronological_age_sources": {"unknown": 5},
-      "scored_per_worker": {"w1": 4, "w2": 1}}
+      "scored_per_worker": {"w1": 4, "w2": 1}, "rows_by_engine": {"tensorflow-float32": 5}}
   jsonl = [json.loads(l) for p in tmp_path.glob("predictions-*.jsonl") for l in p.read_text().splitlines()]
   assert sorted(jsonl, key=lambda r: (r["id"], r["sex"])) == sorted(rows, key=lambda r: (r["id"], r["sex"]))
   csv_lines = [l for p in tmp_path.glob("predictions-*.csv") for l in p.read_text().splitlines()]

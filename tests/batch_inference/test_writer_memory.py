@@ -32,7 +32,8 @@ def rows_of(chunk):
            "boneage": f"{int(months // 12)} years {int(months % 12)} months", "age_group": GROUPS[i % 3],
            "age_group_index": i % 3, "age_group_probabilities": {g: round(1 / 3, 4) for g in GROUPS},
            "chronological_age_months": 100.0 + i % 50, "chronological_age_source": "csv",
-           "ba_minus_ca_months": months - 100.0 - i % 50, "overlay_path": None}
+           "ba_minus_ca_months": months - 100.0 - i % 50, "overlay_path": None,
+           "engine": "tensorflow-float32"}
 
 def rejects_of(chunk):
   if chunk % 10 == 0:

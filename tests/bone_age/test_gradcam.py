@@ -171,3 +171,50 @@ def test_bad_inputs_are_refused(model):
     gradcam.predict_with_gradcam(model, np.zeros((2, 16, 16, 1), np.uint8), [0, 1])
   months, probs, heatmaps = gradcam.predict_with_gradcam(model, _images(0), [])
   assert months.shape == (0,) and probs.shape == (0, 3) and heatmaps.shape == (0, SIZE_PX, SIZE_PX)
+
+
+def _features(model, images, male):
+  feature_model = keras.Model(model.inputs, ba_model.backbone_feature_tensor(model))
+  return feature_model({ba_model.IMAGE_INPUT: images, ba_model.MALE_INPUT: male.reshape(-1, 1).astype("f4")},
+                       training=False).numpy()
+
+
+def test_head_outputs_from_features_equal_the_whole_model(model):
+  images = _images(4, seed=5)
+  male = np.array([0, 1, 1, 0], np.float32)
+  outputs = gradcam.head_outputs(model, tf.constant(_features(model, images, male)), tf.constant(male[:, None]))
+  expected = model({ba_model.IMAGE_INPUT: images, ba_model.MALE_INPUT: male[:, None]}, training=False)
+  for name in (ba_model.AGE_OUTPUT, ba_model.GROUP_OUTPUT):
+    np.testing.assert_allclose(np.asarray(outputs[name]), expected[name].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_head_gradcam_from_features_matches_the_whole_model_gradcam(model):
+  images = _images(6, seed=6)
+  male = np.array([0, 1, 0, 1, 1, 0], np.float32)
+  _, _, whole = gradcam.predict_with_gradcam(model, images, male)
+  head = gradcam.heatmaps_from_features(model, _features(model, images, male), male)
+  assert head.shape == whole.shape and head.dtype == np.float32
+  assert (whole.max(axis=(1, 2)) > 0).all()  # non-trivial maps, so the correlation means something
+  for i in range(len(images)):
+    assert np.corrcoef(head[i].ravel(), whole[i].ravel())[0, 1] >= 0.99
+  np.testing.assert_allclose(head, whole, atol=1e-4)
+
+
+def test_head_gradcam_uses_each_images_own_sex(model):
+  image = _images(1, seed=7)
+  both = np.concatenate([image, image])
+  male = np.array([0, 1], np.float32)
+  head = gradcam.heatmaps_from_features(model, _features(model, both, male), male)
+  assert np.abs(head[0] - head[1]).max() > 1e-3
+
+
+def test_head_gradcam_rejects_mismatched_sex_count(model):
+  with pytest.raises(ValueError, match="one sex per image"):
+    gradcam.heatmaps_from_features(model, np.zeros((2, 4, 4, 32), np.float32), np.zeros(3))
+
+
+def test_model_still_saves_after_head_gradcam(model, tmp_path):
+  male = np.array([0, 1], np.float32)
+  gradcam.heatmaps_from_features(model, _features(model, _images(2), male), male)
+  model.save(str(tmp_path / "after_head_gradcam.keras"))
+  keras.saving.load_model(str(tmp_path / "after_head_gradcam.keras"), safe_mode=True)

@@ -1,0 +1,222 @@
+"""The OpenVINO engine: the export's forward graph converted once per machine, cached.
+
+Conversion starts from the Keras model (not the SavedModel signature) so the
+converted graph also outputs the backbone's feature map, which the embedding
+and the head-only Grad-CAM need. The converted model is written, weights in
+float32, under a cache directory keyed by the export's model.keras content
+and the OpenVINO version: a worker converts at its first setup and later
+workers (or runs) on the same machine reuse it. `$BONEAGE_ENGINE_CACHE`
+moves the cache (default ~/.cache/bone_age/openvino).
+
+Compiled models are per batch size with a static input shape (the handler
+pads every batch to one size, so one compilation serves a whole run). One
+loaded model serves every thread of a worker process (RunInference shares it),
+so each thread gets its own infer request: a request is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+
+import numpy as np
+
+from batch_inference import engines
+
+CACHE_ENV = "BONEAGE_ENGINE_CACHE"
+MODEL_XML = "model.xml"
+# Largest bf16 - float32 month differences `auto` precision accepts (the issue's thresholds).
+MAX_MEAN_ABS_DIFF_MONTHS = 0.5
+MAX_ABS_DIFF_MONTHS = 2.0
+CHECK_PHANTOMS = 16
+_OUTPUTS = ("boneage_months", "age_group", "features")
+_PRECISION_HINTS = {engines.FLOAT32: "f32", engines.BF16: "bf16"}
+
+
+def cache_root() -> str:
+  return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "bone_age", "openvino")
+
+
+def _export_digest(export_dir: str) -> str:
+  """sha256 of the export's model.keras (local or gs://): the weights the converted graph holds."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from bone_age import export  # pylint: disable=g-import-not-at-top
+
+  export_dir = export.resolve_export_dir(export_dir)
+  keras_file = export.read_metadata(export_dir).get("keras_file", export.KERAS_FILE)
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(os.path.join(export_dir, keras_file), "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _forward_function(model):
+  """A tf.function image uint8 (B,S,S,1), male (B,) -> months, probabilities, features."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
+
+  size = ba_model.image_size_px(model)
+  feature_model = keras.Model(model.inputs, [ba_model.backbone_feature_tensor(model), model.output])
+
+  @tf.function(input_signature=[tf.TensorSpec((None, size, size, 1), tf.uint8, name=ba_model.IMAGE_INPUT),
+                                tf.TensorSpec((None,), tf.float32, name=ba_model.MALE_INPUT)])
+  def forward(image, male):
+    features, outputs = feature_model({ba_model.IMAGE_INPUT: image, ba_model.MALE_INPUT: tf.reshape(male, (-1, 1))},
+                                      training=False)
+    return {_OUTPUTS[0]: tf.reshape(outputs[ba_model.AGE_OUTPUT], (-1,)), _OUTPUTS[1]: outputs[ba_model.GROUP_OUTPUT],
+            _OUTPUTS[2]: features}
+
+  return forward
+
+
+def convert(model, xml_path: str) -> None:
+  """Converts the model's forward (with features) to OpenVINO IR at xml_path, weights kept float32."""
+  import openvino as ov  # pylint: disable=g-import-not-at-top
+
+  ov_model = ov.convert_model(_forward_function(model).get_concrete_function())
+  ov.save_model(ov_model, xml_path, compress_to_fp16=False)
+
+
+def converted_model_path(model, export_dir: str) -> str:
+  """The cached IR of this export for this OpenVINO version, converting it first if absent."""
+  import openvino as ov  # pylint: disable=g-import-not-at-top
+
+  key = f"{_export_digest(export_dir)[:32]}-ov{ov.get_version().split('-')[0]}"
+  final_dir = os.path.join(cache_root(), key)
+  xml_path = os.path.join(final_dir, MODEL_XML)
+  if os.path.exists(xml_path):
+    return xml_path
+  os.makedirs(cache_root(), exist_ok=True)
+  # Written aside and renamed into place, so concurrent workers never read half a model.
+  staging = tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root())
+  try:
+    logging.info("converting %s for OpenVINO into %s", export_dir, final_dir)
+    convert(model, os.path.join(staging, MODEL_XML))
+    try:
+      os.rename(staging, final_dir)
+    except OSError:
+      if not os.path.exists(xml_path):  # not another worker's finished conversion: a real failure
+        raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return xml_path
+
+
+def cpu_has_native_bf16() -> bool:
+  """Whether OpenVINO's CPU plugin computes in bf16 natively here (else a bf16 hint gains nothing)."""
+  import openvino as ov  # pylint: disable=g-import-not-at-top
+
+  return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINOEngine:
+  """A converted model compiled for the CPU at one precision.
+
+  Args:
+    xml_path: IR from `converted_model_path`.
+    precision: engines.FLOAT32 or engines.BF16 (OpenVINO's inference precision hint).
+  """
+
+  name = "openvino"
+
+  def __init__(self, xml_path: str, precision: str):
+    import openvino as ov  # pylint: disable=g-import-not-at-top
+
+    if precision not in _PRECISION_HINTS:
+      raise ValueError(f"OpenVINO precision must be one of {tuple(_PRECISION_HINTS)}, got {precision!r}")
+    self.precision = precision
+    self.label = engines.label(self.name, precision)
+    self.check: dict | None = None  # the bf16 agreement check, when `auto` precision ran one
+    self._core = ov.Core()
+    self._model = self._core.read_model(xml_path)
+    self._compiled: dict[int, object] = {}
+    self._compile_lock = threading.Lock()
+    self._requests = threading.local()
+
+  def _compiled_model(self, batch_size: int):
+    with self._compile_lock:
+      if batch_size not in self._compiled:
+        import openvino as ov  # pylint: disable=g-import-not-at-top
+
+        model = self._model.clone()
+        model.reshape({port.get_any_name(): ov.PartialShape([batch_size, *port.get_partial_shape()[1:]])
+                       for port in model.inputs})
+        self._compiled[batch_size] = self._core.compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.precision]})
+      return self._compiled[batch_size]
+
+  def _request(self, batch_size: int):
+    requests = self._requests.__dict__.setdefault("by_batch_size", {})
+    if batch_size not in requests:
+      requests[batch_size] = self._compiled_model(batch_size).create_infer_request()
+    return requests[batch_size]
+
+  def run(self, images: np.ndarray, male: np.ndarray) -> engines.EngineOutputs:
+    """images (B, S, S, 1) uint8, male (B,) float32 -> EngineOutputs."""
+    from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
+
+    request = self._request(len(images))
+    results = request.infer({ba_model.IMAGE_INPUT: np.ascontiguousarray(images, np.uint8),
+                             ba_model.MALE_INPUT: np.asarray(male, np.float32).reshape(-1)})
+    by_name = {port.get_any_name(): value for port, value in results.items()}
+    months, probs, features = (np.array(by_name[name], np.float32) for name in _OUTPUTS)
+    return engines.EngineOutputs(months.reshape(-1), probs, features)
+
+
+def phantom_batch(size_px: int, count: int = CHECK_PHANTOMS) -> tuple[np.ndarray, np.ndarray]:
+  """Letterboxed phantom radiographs over the age range, both sexes: (count, S, S, 1) uint8, (count,) float32."""
+  from bone_age import letterbox  # pylint: disable=g-import-not-at-top
+  from bone_age import phantoms  # pylint: disable=g-import-not-at-top
+
+  ages = np.linspace(12.0, 216.0, count)
+  images = [letterbox.letterbox(phantoms.render_phantom(float(a), bool(i % 2), seed=i).image, size_px)[0]
+            for i, a in enumerate(ages)]
+  return np.stack(images)[..., None], (np.arange(count) % 2).astype(np.float32)
+
+
+def month_differences(reference: np.ndarray, candidate: np.ndarray) -> dict:
+  """Mean and largest |candidate - reference| in months."""
+  diff = np.abs(np.asarray(candidate, np.float64) - np.asarray(reference, np.float64))
+  return {"mean_abs_diff_months": float(diff.mean()), "max_abs_diff_months": float(diff.max())}
+
+
+def within_tolerance(differences: dict) -> bool:
+  return (differences["mean_abs_diff_months"] <= MAX_MEAN_ABS_DIFF_MONTHS
+          and differences["max_abs_diff_months"] <= MAX_ABS_DIFF_MONTHS)
+
+
+def load_checked(model, export_dir: str, *, batch_size: int = 8) -> OpenVINOEngine:
+  """bf16 where the CPU has it natively and this model's months stay close to float32 on phantoms, else float32.
+
+  The check scores CHECK_PHANTOMS phantom radiographs with both precisions
+  of the same converted graph (float32 OpenVINO agrees with TensorFlow to
+  float rounding) and keeps bf16 only within the mean / largest month
+  tolerances. The verdict is kept on the engine (`check`) and logged.
+  """
+  from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
+
+  xml_path = converted_model_path(model, export_dir)
+  float32 = OpenVINOEngine(xml_path, engines.FLOAT32)
+  if not cpu_has_native_bf16():
+    logging.info("OpenVINO engine at float32: this CPU has no native bf16")
+    float32.check = {"chosen": engines.FLOAT32, "reason": "no native bf16 on this CPU"}
+    return float32
+  images, male = phantom_batch(ba_model.image_size_px(model))
+  bf16 = OpenVINOEngine(xml_path, engines.BF16)
+  reference, candidate = [], []
+  for start in range(0, len(images), batch_size):
+    reference.append(float32.run(images[start:start + batch_size], male[start:start + batch_size]).months)
+    candidate.append(bf16.run(images[start:start + batch_size], male[start:start + batch_size]).months)
+  differences = month_differences(np.concatenate(reference), np.concatenate(candidate))
+  chosen = bf16 if within_tolerance(differences) else float32
+  chosen.check = {"chosen": chosen.precision, "phantoms": len(images), **differences}
+  logging.info("OpenVINO engine at %s: bf16 vs float32 on %d phantoms %s", chosen.precision, len(images), differences)
+  return chosen
