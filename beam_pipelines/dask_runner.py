@@ -37,8 +37,10 @@ translated too. Use it as `--runner=DaskRunner` through
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import math
+import os
 import threading
 import uuid
 import zlib
@@ -55,13 +57,51 @@ DEFAULT_PARTITION_SIZE = 16
 _READ_BUNDLE_BYTES = 64 << 20  # a bounded source (ReadFromText) is split into bundles of about this size
 _PARTITIONS_PER_THREAD = 2
 
+# glibc mallopt parameters, and the largest values glibc's own dynamic thresholds reach on 64-bit.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 << 20
+_TRIM_THRESHOLD_BYTES = 2 * _MMAP_THRESHOLD_BYTES
+_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_malloc_checked = False
+
 # Set-up DoFn instances of this worker process, by ParDo token, idle ones only:
 # a partition takes one (or sets up a new one) and puts it back when done.
 _IDLE_DOFNS: dict[str, list] = collections.defaultdict(list)
 _IDLE_LOCK = threading.Lock()
 
 
+def _unpin_malloc_thresholds() -> bool:
+  """Lets freed image-sized buffers be reused instead of unmapped, once per worker process.
+
+  Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set (to hand freed
+  memory back to the OS). Any such variable turns off glibc's dynamic mmap
+  threshold, so every buffer above 128 KiB (each decoded radiograph, its
+  letterboxed copy, every NumPy and TensorFlow temporary of that size) is a
+  fresh mmap that the kernel zero-fills page by page, and an munmap when
+  freed. Per image that is more CPU than the arithmetic on it. Setting the
+  thresholds to the values glibc's dynamic rule grows to keeps such buffers
+  in the heap; at most the trim threshold of free memory per arena stays
+  mapped. A process started without those variables keeps glibc's own
+  behaviour, and a libc without mallopt is left alone. Returns whether the
+  thresholds were set.
+  """
+  global _malloc_checked
+  with _IDLE_LOCK:
+    if _malloc_checked:
+      return False
+    _malloc_checked = True
+  if not any(name in os.environ for name in _MALLOC_ENV):
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
+      mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+
+
 def _take_dofn(token: str, fn_pickled: bytes):
+  _unpin_malloc_thresholds()
   with _IDLE_LOCK:
     if _IDLE_DOFNS[token]:
       return _IDLE_DOFNS[token].pop(), False
