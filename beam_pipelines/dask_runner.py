@@ -243,16 +243,21 @@ def _take_slices(pieces, *parts):
 _KEY_CODER = coders.FastPrimitivesCoder().as_deterministic_coder("GroupByKey")
 
 
-def _split_by_key(part, num_buckets: int):
-  """Elements (key, value) -> num_buckets lists of (encoded key, key, value), by a stable hash.
+def _num_elements(*parts) -> int:
+  return sum(len(part) for part in parts)
+
+
+def _split_by_key(num_buckets: int, *parts):
+  """Elements (key, value) of parts -> num_buckets lists of (encoded key, key, value), by a stable hash.
 
   Python's hash() differs between worker processes; the deterministic Beam
   encoding of the key does not, and keys are compared by it as Beam does.
   """
   buckets = [[] for _ in range(num_buckets)]
-  for key, value in part:
-    encoded = _KEY_CODER.encode(key)
-    buckets[zlib.crc32(encoded) % num_buckets].append((encoded, key, value))
+  for part in parts:
+    for key, value in part:
+      encoded = _KEY_CODER.encode(key)
+      buckets[zlib.crc32(encoded) % num_buckets].append((encoded, key, value))
   return buckets
 
 
@@ -412,24 +417,40 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     """
     import dask.bag as db  # pylint: disable=g-import-not-at-top
 
-    parts = self._partition_futures(bag)
-    total = sum(self.client.gather(self.client.map(len, parts, pure=False)))
+    parts_by_worker = self._by_worker(self._partition_futures(bag))
+    # Counted and split where the partitions lie, one task per worker: per input
+    # partition, the (partition, bucket) pieces would grow with partitions x buckets.
+    token = uuid.uuid4().hex
+    totals = [self.client.submit(_num_elements, *parts, key=f"count-{label}-{i}-{token}", **placed)
+              for i, (placed, parts) in enumerate(parts_by_worker)]
+    total = sum(self.client.gather(totals))
     if not total:
       return self._empty()
     num_buckets = self._num_partitions(total)
-    token = uuid.uuid4().hex
-    split = self.client.map(_split_by_key, parts, num_buckets=num_buckets, key=[
-        f"split-{label}-{i}-{token}" for i in range(len(parts))])
-    per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [input partition][bucket] -> count
+    split = [self.client.submit(_split_by_key, num_buckets, *parts, key=f"split-{label}-{i}-{token}", **placed)
+             for i, (placed, parts) in enumerate(parts_by_worker)]
+    per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [worker's split][bucket] -> count
     sizes = [sum(per_part) for per_part in zip(*per_split)]
     outs = []
     for j, slot in self._deal(sizes):
-      # Only the (input partition, bucket) pieces that hold elements become tasks.
+      # Only the (split, bucket) pieces that hold elements become tasks.
       buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}")
                  for i, s in enumerate(split) if per_split[i][j]]
       outs.append(self.client.submit(_group_bucket, *buckets, key=f"group-{label}-{j}-{token}", **self._placed(slot)))
     self.held.extend(outs)
     return db.from_delayed(outs)
+
+  def _by_worker(self, parts: list) -> list[tuple[dict, list]]:
+    """Persisted partitions grouped by the worker holding them, with a (loose) restriction to that worker."""
+    import distributed  # pylint: disable=g-import-not-at-top
+
+    distributed.wait(parts)
+    holders = self.client.who_has(parts)
+    grouped = collections.defaultdict(list)
+    for part in parts:
+      grouped[min(holders.get(part.key) or [""])].append(part)
+    return [({"workers": [worker], "allow_other_workers": True} if worker else {}, grouped[worker])
+            for worker in sorted(grouped)]
 
   def _deal(self, sizes: list[int]) -> list[tuple[int, int]]:
     """(bucket, worker slot) for each non-empty bucket: largest first, to the least loaded slot."""
