@@ -21,13 +21,16 @@ one computation (so nothing upstream runs twice), the input is counted, and
 it is cut into partitions of at most `--dask_partition_size` elements (at
 least `--dask_npartitions` partitions, by default two per worker thread):
 by position for a Reshuffle, dealt round-robin over the workers' threads;
-by a hash of the key's deterministic Beam encoding for a GroupByKey, its
-non-empty buckets dealt largest first to the least loaded thread (loose
-restrictions: dask may still move work to an idle worker). Between
+by a hash of the key's deterministic Beam encoding for a GroupByKey (counted
+and split once per worker, where its partitions lie), its non-empty buckets
+dealt largest first to the least loaded thread (loose restrictions: dask may
+still move work to an idle worker). Between
 boundaries, ParDos are read-once streams that dask fuses into one task per
 partition, so elements flow through them one by one; each worker process
 keeps its set-up DoFn instances for the next partition and tears them down
-when the job ends. A partition is a list only where several tasks read it
+when the job ends; a worker process started with glibc's malloc thresholds
+pinned (Dask's nanny does so) gets them unpinned before its first DoFn runs.
+A partition is a list only where several tasks read it
 (a ParDo with several outputs or consumers) and at a boundary; the partition
 size bounds both. Bounded reads (`ReadFromText`) and `Impulse` are
 translated too. Use it as `--runner=DaskRunner` through
