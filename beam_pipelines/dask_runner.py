@@ -21,13 +21,16 @@ one computation (so nothing upstream runs twice), the input is counted, and
 it is cut into partitions of at most `--dask_partition_size` elements (at
 least `--dask_npartitions` partitions, by default two per worker thread):
 by position for a Reshuffle, dealt round-robin over the workers' threads;
-by a hash of the key's deterministic Beam encoding for a GroupByKey, its
-non-empty buckets dealt largest first to the least loaded thread (loose
-restrictions: dask may still move work to an idle worker). Between
+by a hash of the key's deterministic Beam encoding for a GroupByKey (counted
+and split once per worker, where its partitions lie), its non-empty buckets
+dealt largest first to the least loaded thread (loose restrictions: dask may
+still move work to an idle worker). Between
 boundaries, ParDos are read-once streams that dask fuses into one task per
 partition, so elements flow through them one by one; each worker process
 keeps its set-up DoFn instances for the next partition and tears them down
-when the job ends. A partition is a list only where several tasks read it
+when the job ends; a worker process started with glibc's malloc thresholds
+pinned (Dask's nanny does so) gets them unpinned before its first DoFn runs.
+A partition is a list only where several tasks read it
 (a ParDo with several outputs or consumers) and at a boundary; the partition
 size bounds both. Bounded reads (`ReadFromText`) and `Impulse` are
 translated too. Use it as `--runner=DaskRunner` through
@@ -37,8 +40,10 @@ translated too. Use it as `--runner=DaskRunner` through
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import math
+import os
 import threading
 import uuid
 import zlib
@@ -55,13 +60,51 @@ DEFAULT_PARTITION_SIZE = 16
 _READ_BUNDLE_BYTES = 64 << 20  # a bounded source (ReadFromText) is split into bundles of about this size
 _PARTITIONS_PER_THREAD = 2
 
+# glibc mallopt parameters, and the largest values glibc's own dynamic thresholds reach on 64-bit.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 << 20
+_TRIM_THRESHOLD_BYTES = 2 * _MMAP_THRESHOLD_BYTES
+_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_malloc_checked = False
+
 # Set-up DoFn instances of this worker process, by ParDo token, idle ones only:
 # a partition takes one (or sets up a new one) and puts it back when done.
 _IDLE_DOFNS: dict[str, list] = collections.defaultdict(list)
 _IDLE_LOCK = threading.Lock()
 
 
+def _unpin_malloc_thresholds() -> bool:
+  """Lets freed image-sized buffers be reused instead of unmapped, once per worker process.
+
+  Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set (to hand freed
+  memory back to the OS). Any such variable turns off glibc's dynamic mmap
+  threshold, so every buffer above 128 KiB (each decoded radiograph, its
+  letterboxed copy, every NumPy and TensorFlow temporary of that size) is a
+  fresh mmap that the kernel zero-fills page by page, and an munmap when
+  freed. Per image that is more CPU than the arithmetic on it. Setting the
+  thresholds to the values glibc's dynamic rule grows to keeps such buffers
+  in the heap; at most the trim threshold of free memory per arena stays
+  mapped. A process started without those variables keeps glibc's own
+  behaviour, and a libc without mallopt is left alone. Returns whether the
+  thresholds were set.
+  """
+  global _malloc_checked
+  with _IDLE_LOCK:
+    if _malloc_checked:
+      return False
+    _malloc_checked = True
+  if not any(name in os.environ for name in _MALLOC_ENV):
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
+      mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+
+
 def _take_dofn(token: str, fn_pickled: bytes):
+  _unpin_malloc_thresholds()
   with _IDLE_LOCK:
     if _IDLE_DOFNS[token]:
       return _IDLE_DOFNS[token].pop(), False
@@ -203,16 +246,21 @@ def _take_slices(pieces, *parts):
 _KEY_CODER = coders.FastPrimitivesCoder().as_deterministic_coder("GroupByKey")
 
 
-def _split_by_key(part, num_buckets: int):
-  """Elements (key, value) -> num_buckets lists of (encoded key, key, value), by a stable hash.
+def _num_elements(*parts) -> int:
+  return sum(len(part) for part in parts)
+
+
+def _split_by_key(num_buckets: int, *parts):
+  """Elements (key, value) of parts -> num_buckets lists of (encoded key, key, value), by a stable hash.
 
   Python's hash() differs between worker processes; the deterministic Beam
   encoding of the key does not, and keys are compared by it as Beam does.
   """
   buckets = [[] for _ in range(num_buckets)]
-  for key, value in part:
-    encoded = _KEY_CODER.encode(key)
-    buckets[zlib.crc32(encoded) % num_buckets].append((encoded, key, value))
+  for part in parts:
+    for key, value in part:
+      encoded = _KEY_CODER.encode(key)
+      buckets[zlib.crc32(encoded) % num_buckets].append((encoded, key, value))
   return buckets
 
 
@@ -372,24 +420,40 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     """
     import dask.bag as db  # pylint: disable=g-import-not-at-top
 
-    parts = self._partition_futures(bag)
-    total = sum(self.client.gather(self.client.map(len, parts, pure=False)))
+    parts_by_worker = self._by_worker(self._partition_futures(bag))
+    # Counted and split where the partitions lie, one task per worker: per input
+    # partition, the (partition, bucket) pieces would grow with partitions x buckets.
+    token = uuid.uuid4().hex
+    totals = [self.client.submit(_num_elements, *parts, key=f"count-{label}-{i}-{token}", **placed)
+              for i, (placed, parts) in enumerate(parts_by_worker)]
+    total = sum(self.client.gather(totals))
     if not total:
       return self._empty()
     num_buckets = self._num_partitions(total)
-    token = uuid.uuid4().hex
-    split = self.client.map(_split_by_key, parts, num_buckets=num_buckets, key=[
-        f"split-{label}-{i}-{token}" for i in range(len(parts))])
-    per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [input partition][bucket] -> count
+    split = [self.client.submit(_split_by_key, num_buckets, *parts, key=f"split-{label}-{i}-{token}", **placed)
+             for i, (placed, parts) in enumerate(parts_by_worker)]
+    per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [worker's split][bucket] -> count
     sizes = [sum(per_part) for per_part in zip(*per_split)]
     outs = []
     for j, slot in self._deal(sizes):
-      # Only the (input partition, bucket) pieces that hold elements become tasks.
+      # Only the (split, bucket) pieces that hold elements become tasks.
       buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}")
                  for i, s in enumerate(split) if per_split[i][j]]
       outs.append(self.client.submit(_group_bucket, *buckets, key=f"group-{label}-{j}-{token}", **self._placed(slot)))
     self.held.extend(outs)
     return db.from_delayed(outs)
+
+  def _by_worker(self, parts: list) -> list[tuple[dict, list]]:
+    """Persisted partitions grouped by the worker holding them, with a (loose) restriction to that worker."""
+    import distributed  # pylint: disable=g-import-not-at-top
+
+    distributed.wait(parts)
+    holders = self.client.who_has(parts)
+    grouped = collections.defaultdict(list)
+    for part in parts:
+      grouped[min(holders.get(part.key) or [""])].append(part)
+    return [({"workers": [worker], "allow_other_workers": True} if worker else {}, grouped[worker])
+            for worker in sorted(grouped)]
 
   def _deal(self, sizes: list[int]) -> list[tuple[int, int]]:
     """(bucket, worker slot) for each non-empty bucket: largest first, to the least loaded slot."""

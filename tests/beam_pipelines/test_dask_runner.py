@@ -301,3 +301,46 @@ def test_a_streamed_partition_travels_as_a_list_and_cannot_be_read_twice():
   assert list(stream) == [0, 1, 2]
   with pytest.raises(RuntimeError, match="read twice"):
     list(stream)
+
+
+BUFFER_BYTES = 8 << 20  # an image-sized buffer, well above glibc's static 128 KiB mmap threshold
+BUFFERS_PER_ELEMENT = 20
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+class _PageFaultsFn(beam.DoFn):
+  """Records, per element, the minor page faults of allocating, touching and freeing image-sized buffers."""
+
+  def __init__(self, folder: str):
+    self._folder = folder
+
+  def process(self, element):
+    import resource  # pylint: disable=g-import-not-at-top
+
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(BUFFERS_PER_ELEMENT):
+      buffer = np.ones(BUFFER_BYTES, dtype=np.uint8)
+      del buffer
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    pinned = "MALLOC_TRIM_THRESHOLD_" in os.environ
+    with open(os.path.join(self._folder, str(element)), "x", encoding="utf-8") as f:
+      f.write(f"{faults} {int(pinned)}")
+    yield element
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="mallopt thresholds are glibc's")
+def test_image_sized_buffers_are_reused_on_workers_started_with_malloc_env(cluster, tmp_path):
+  """Dask's nanny pins malloc's thresholds (MALLOC_TRIM_THRESHOLD_): unless the runner unpins them, each
+  buffer is mmapped afresh and faulted in page by page; unpinned, a freed buffer is reused."""
+  (out,) = _folders(tmp_path, "out")
+  with beam.Pipeline(runner=dask_runner.DaskRunner(), options=_options(cluster)) as p:
+    _ = p | beam.Create(list(range(8))) | beam.Reshuffle() | beam.ParDo(_PageFaultsFn(out))
+  got = {name: [int(v) for v in (tmp_path / "out" / name).read_text().split()] for name in os.listdir(out)}
+  assert len(got) == 8
+  assert all(pinned for _, pinned in got.values()), "the premise: workers start with MALLOC_TRIM_THRESHOLD_ set"
+  pages_per_buffer = BUFFER_BYTES // PAGE_BYTES
+  # Faulting every buffer in costs BUFFERS_PER_ELEMENT * pages_per_buffer per element; reuse at most the first.
+  assert max(faults for faults, _ in got.values()) < 3 * pages_per_buffer, got
