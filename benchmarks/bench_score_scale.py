@@ -69,6 +69,8 @@ def _parse_args(argv):
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--runners", default="direct,dask", help="comma-separated: direct, dask")
   parser.add_argument("--layouts", default="zip,loose", help="comma-separated: zip, loose")
+  parser.add_argument("--dask_partition_size", type=int, default=0,
+                      help="the scorer's --dask_partition_size (0: the runner's default)")
   parser.add_argument("--output_dir", default=str(REPO / "bench_output"))
   return parser.parse_args(argv)
 
@@ -125,6 +127,8 @@ def score_once(export_dir, inputs: dict, layout: str, runner: str, workers: int,
     client = distributed.Client(cluster)
     cpu_before = client.run(_worker_cpu_s)
     argv += [f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster.scheduler_address}"]
+    if args.dask_partition_size:
+      argv.append(f"--dask_partition_size={args.dask_partition_size}")
   else:
     argv += ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
   try:
