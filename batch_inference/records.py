@@ -36,6 +36,7 @@ class ScoreKey:
   overlay_original: np.ndarray | None  # downscaled (h, w) uint8, only with Grad-CAM
   suffix: str  # '' or '-M' / '-F' under --unknown_sex=both, for the overlay name
   counts_image: bool = True  # False for the second subject of one image (--unknown_sex=both)
+  quality_flags: tuple = ()  # (code, detail) pairs from the quality gate (PreparedImage.quality_flags)
 
 
 class PrepareRequestFn(beam.DoFn):
@@ -59,7 +60,8 @@ class PrepareRequestFn(beam.DoFn):
       small = overlays.downscale(prepared.original, self._overlay_max_px)
     for i, subject in enumerate(subjects):
       suffix = f"-{subject.sex}" if len(subjects) > 1 else ""
-      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix, counts_image=i == 0)
+      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix, counts_image=i == 0,
+                     quality_flags=tuple(prepared.quality_flags))
       yield key, handler.ScoreRequest(prepared.image, subject.male)
 
 
@@ -68,7 +70,13 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: list[str]) -> dict:
-  """The output row of one scored subject (JSON-serialisable)."""
+  """The output row of one scored subject (JSON-serialisable).
+
+  `quality_flags` lists the gate's decision codes (bone_age.quality: a
+  mirrored right hand, corrected polarity, a doubt about the content) and
+  `quality_flag_reasons` the same decisions in words, so no correction or
+  doubt is invisible in the predictions.
+  """
   subject = key.subject
   months = float(inference.boneage_months)
   probs = [float(p) for p in inference.group_probabilities]
@@ -88,6 +96,8 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
       "chronological_age_source": subject.chronological_age_source,
       "ba_minus_ca_months": None if age is None else _round(months - age),
       "overlay_path": None,
+      "quality_flags": [code for code, _ in key.quality_flags],
+      "quality_flag_reasons": [f"{code}: {detail}" for code, detail in key.quality_flags],
   }
 
 

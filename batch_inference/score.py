@@ -25,6 +25,7 @@ from beam_pipelines import runners
 from bone_age import age_groups
 from bone_age import errors
 from bone_age import imaging
+from bone_age import quality
 from batch_inference import overlays
 from batch_inference import patients
 from batch_inference import pipeline as scoring
@@ -52,6 +53,7 @@ class ScoreConfig:
   inputs_manifest: str | None = None
   allow_empty_patterns: bool = False
   members_per_read: int = sources.DEFAULT_MEMBERS_PER_READ
+  quality_gate: str = quality.DEFAULT_POLICY
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -83,6 +85,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("max_pixels", imaging.DEFAULT_MAX_PIXELS,
                        "Decompression-bomb guard: largest image (H*W) decoded.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum("quality_gate", quality.DEFAULT_POLICY, quality.POLICIES,
+                    "Content gate (bone_age.quality): strict rejects non-hand images and DICOM tags, flag scores "
+                    "them with quality_flags, off skips the gate and the hand crop. Degenerate images are rejected "
+                    "unless off.", flag_values=fv)
   flags.DEFINE_integer("overlay_max_px", overlays.DEFAULT_OVERLAY_MAX_PX, "Long side of the overlay PNGs.",
                        lower_bound=16, flag_values=fv)
   for name in ("model_dir", "output_dir"):
@@ -118,7 +124,7 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       metadata_csv=fv.metadata_csv, gradcam=fv.gradcam, unknown_sex=fv.unknown_sex, batch_size=fv.batch_size,
       max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px,
       inputs_manifest=fv.inputs_manifest, allow_empty_patterns=fv.allow_empty_patterns,
-      members_per_read=fv.members_per_read)
+      members_per_read=fv.members_per_read, quality_gate=fv.quality_gate)
   if not config.allow_empty_patterns:
     empty = sources.patterns_matching_nothing(config.inputs)
     if empty:
@@ -212,6 +218,8 @@ def format_summary(summary: dict) -> str:
            + ("" if summary["accounted"] else "  (MISMATCH: some inputs are unaccounted for)")]
   for reason, count in summary["rejected_by_reason"].items():
     lines.append(f"  rejected {reason}: {count}")
+  for code, count in summary.get("flagged_rows_by_code", {}).items():
+    lines.append(f"  scored with quality flag {code}: {count}")
   lines.append(f"sex from: {summary['sex_sources']}; chronological age from: {summary['chronological_age_sources']}")
   if summary.get("scored_per_worker"):
     lines.append(f"images scored per worker: {summary['scored_per_worker']}")

@@ -40,7 +40,7 @@ COUNTS_JSON = "counts.json"
 # with the group probabilities as one {group name: probability} object).
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
-    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path")
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path", "quality_flags")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -62,7 +62,8 @@ def csv_header(group_names: list[str]) -> str:
 
 def csv_row(row: dict, group_names: list[str]) -> str:
   """One predictions row as a CSV line (no line end: the text sink adds it)."""
-  values = ["" if row[c] is None else row[c] for c in BASE_COLUMNS]
+  values = [row.get(c) for c in BASE_COLUMNS]  # rows from before the quality gate lack quality_flags
+  values = ["" if v is None else ";".join(v) if isinstance(v, list) else v for v in values]
   values += [row["age_group_probabilities"][name] for name in group_names]
   return _csv_line(values)
 
@@ -115,8 +116,9 @@ class _TallyFn(beam.CombineFn):
     if tag == _READ:
       accumulator[_READ]["inputs"] += int(value)
     elif tag == _ROW:
-      sex_source, age_source, has_overlay = value
+      sex_source, age_source, has_overlay, flag_codes = value
       accumulator["rows"]["all"] += 1
+      accumulator["flagged_rows_by_code"].update(flag_codes)
       accumulator["rows"]["assumed_both"] += sex_source == patients.SEX_ASSUMED_BOTH
       accumulator["rows"]["overlays"] += has_overlay
       accumulator["sex_sources"][sex_source] += 1
@@ -174,11 +176,13 @@ class CountOutputsFn(beam.CombineFn):
         "sex_sources": dict(sorted(accumulator["sex_sources"].items())),
         "chronological_age_sources": dict(sorted(accumulator["chronological_age_sources"].items())),
         "scored_per_worker": dict(sorted(accumulator["scored_per_worker"].items())),
+        "flagged_rows_by_code": dict(sorted(accumulator["flagged_rows_by_code"].items())),
     }
 
 
 def _row_item(row: dict) -> tuple:
-  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")))
+  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")),
+                tuple(row.get("quality_flags") or ()))
 
 
 def _write_counts(counts: dict, path: str) -> dict:
