@@ -44,6 +44,7 @@ class Inference:
   boneage_months: float
   group_probabilities: np.ndarray  # (G,) float32
   heatmap: np.ndarray | None  # (S, S) float32 in [0, 1], with Grad-CAM only
+  embedding: np.ndarray | None = None  # (C,) float32 pooled backbone features (bone_age.ood)
 
 
 def stack_requests(batch: Sequence[ScoreRequest], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,20 +95,27 @@ class LoadedScorer:
   """
 
   def __init__(self, model, gradcam: bool):
+    from bone_age import ood  # pylint: disable=g-import-not-at-top
     self._model = model
     self._gradcam = bool(gradcam)
+    # Same layers, one more output: the embedding costs no second forward pass.
+    self._embedder = ood.embedding_model(model)
 
   def score(self, images: np.ndarray, male: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Months (B,), group probabilities (B, G) and Grad-CAM heatmaps (B, S, S) or None."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Months (B,), group probabilities (B, G), Grad-CAM heatmaps (B, S, S) or None, embeddings (B, C)."""
+    from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
+    outputs = self._embedder.predict_on_batch({ba_model.IMAGE_INPUT: images, ba_model.MALE_INPUT: male[:, None]})
+    embeddings = np.asarray(outputs["embedding"], dtype=np.float32)
     if self._gradcam:
       from bone_age import gradcam  # pylint: disable=g-import-not-at-top
       months, probs, heatmaps = gradcam.predict_with_gradcam(self._model, images, male, batch_size=len(images))
       heatmaps = np.asarray(heatmaps, dtype=np.float32)
     else:
-      months, probs = forward(self._model, images, male)
+      months, probs = outputs[ba_model.AGE_OUTPUT], outputs[ba_model.GROUP_OUTPUT]
       heatmaps = None
-    return np.asarray(months, dtype=np.float32).reshape(-1), np.asarray(probs, dtype=np.float32), heatmaps
+    return (np.asarray(months, dtype=np.float32).reshape(-1), np.asarray(probs, dtype=np.float32), heatmaps,
+            embeddings)
 
 
 class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
@@ -155,10 +163,11 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     del inference_args
     size = max(self._batch_size, len(batch))
     images, male = stack_requests(batch, size)
-    months, probs, heatmaps = model.score(images, male)
+    months, probs, heatmaps, embeddings = model.score(images, male)
     return [
         base.PredictionResult(
-            request, Inference(float(months[i]), probs[i], None if heatmaps is None else heatmaps[i]))
+            request, Inference(float(months[i]), probs[i], None if heatmaps is None else heatmaps[i],
+                               embeddings[i]))
         for i, request in enumerate(batch)
     ]
 

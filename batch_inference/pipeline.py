@@ -126,8 +126,9 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
           rejects.REJECTS_TAG, main="requests")
   finished = (requests.requests
               | "RunInference" >> ml_base.RunInference(model_handler)
-              | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(run_dir, group_names)).with_outputs(
-                  records.WORKER_TALLY_TAG, main="rows"))
+              | "FinishPredictions" >> beam.ParDo(
+                  records.FinishPredictionFn(run_dir, group_names, export_dir)).with_outputs(
+                      records.WORKER_TALLY_TAG, main="rows"))
   settled = (finished.rows
              | "KeyRowsById" >> beam.Map(lambda r: (r["id"], r))
              | "GroupRowsById" >> beam.GroupByKey()

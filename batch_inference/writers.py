@@ -40,7 +40,7 @@ COUNTS_JSON = "counts.json"
 # with the group probabilities as one {group name: probability} object).
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
-    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path", "quality_flags")
+    "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "overlay_path", "quality_flags", "ood_score")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"

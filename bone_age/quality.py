@@ -76,10 +76,14 @@ INVERTED_CONTRAST = -10.0
 MIN_DEEPEST_CONCAVITY = 0.12
 MAX_SOLIDITY = 0.9
 # Foreground runs crossing the bottom edge: a forearm is one or two; more are digits cut off.
-MAX_BOTTOM_RUNS = 3
-# A forearm covers at least this share of the bottom edge; a hand meeting
-# another edge while (almost) missing the bottom one is turned.
-MIN_BOTTOM_CONTACT = 0.05
+MAX_BOTTOM_RUNS = 2
+# Orientation: the forearm is the hand's widest contact with an edge (this
+# share at least); another edge meeting the hand more than the bottom one by
+# the margin means the image is turned.
+MIN_FOREARM_CONTACT = 0.2
+ORIENTATION_MARGIN = 0.15
+# Polarity: an inverted export's commonest grey (its background) is bright.
+MIN_INVERTED_BACKGROUND = 160
 SMALL_HAND_AREA_FRACTION = 0.25  # hand box below this share of the image -> SMALL_HAND
 # Blurred-copy residual energy over total variance: noise and text score high, radiographs low.
 MAX_TEXTURE_RATIO = 2.0
@@ -107,6 +111,7 @@ class Measurements:
   hand_area_fraction: float  # the hand box's share of the image
   texture_ratio: float
   found_hand: bool
+  background_level: int = 0  # the commonest grey of the analysis copy
 
 
 def check_degenerate(pixels: np.ndarray, source: str) -> None:
@@ -172,8 +177,9 @@ def measure(pixels: np.ndarray, found: hand_crop.HandMask | None) -> Measurement
   centre = small[height // 4:height - height // 4, width // 4:width - width // 4]
   contrast = float(centre.mean()) - float(border.mean())
   texture = _texture_ratio(pixels)
+  background = int(np.argmax(np.bincount(small.ravel(), minlength=256)))
   if found is None:
-    return Measurements(contrast, 0.0, 1.0, 0, 0.0, 0.0, 0.0, texture, False)
+    return Measurements(contrast, 0.0, 1.0, 0, 0.0, 0.0, 0.0, texture, False, background)
   mask = found.mask
   # Deeper than a collimator band (phantoms draw them up to 7% of a side).
   inset = max(1, int(0.09 * height))
@@ -187,7 +193,7 @@ def measure(pixels: np.ndarray, found: hand_crop.HandMask | None) -> Measurement
       centre_minus_border=contrast, deepest_concavity=concavity, solidity=solidity,
       bottom_runs=_runs(bottom_line), bottom_contact=float(bottom_line.mean()),
       max_side_contact=float(max(s.mean() for s in sides)), hand_area_fraction=float(box_area / mask.size),
-      texture_ratio=texture, found_hand=True)
+      texture_ratio=texture, found_hand=True, background_level=background)
 
 
 def check_dicom_tags(acquisition, source: str, policy: str) -> list[QualityFlag]:
@@ -219,7 +225,7 @@ def _content_problems(m: Measurements) -> list[tuple[str, str]]:
     problems.append((NOT_HAND_LIKE, f"outline without digits: deepest dent {m.deepest_concavity:.2f} of its size "
                                     f"(hands >= {MIN_DEEPEST_CONCAVITY}), solidity {m.solidity:.2f} "
                                     f"(hands <= {MAX_SOLIDITY})"))
-  if m.bottom_contact < MIN_BOTTOM_CONTACT and m.max_side_contact > m.bottom_contact:
+  if m.max_side_contact >= MIN_FOREARM_CONTACT and m.max_side_contact > m.bottom_contact + ORIENTATION_MARGIN:
     problems.append((UNEXPECTED_ORIENTATION, "the hand meets another edge more than the bottom one "
                                              "(forearm expected at the bottom)"))
   elif m.bottom_runs > MAX_BOTTOM_RUNS:
@@ -259,10 +265,12 @@ def apply_gate(radiograph, source: str, policy: str = DEFAULT_POLICY) -> GateRes
   m = measure(pixels, found)
   # DICOM states its polarity (MONOCHROME1/2, applied by the decoder); only
   # exports without that header can arrive inverted unnoticed.
-  if not is_dicom and m.centre_minus_border < INVERTED_CONTRAST:
+  if (not is_dicom and m.centre_minus_border < INVERTED_CONTRAST
+      and m.background_level >= MIN_INVERTED_BACKGROUND):
     pixels = 255 - pixels
     flags.append(QualityFlag(INVERTED_POLARITY, f"background brighter than the centre by "
-                                                f"{-m.centre_minus_border:.0f} grey levels; inverted"))
+                                                f"{-m.centre_minus_border:.0f} grey levels, "
+                                                f"background grey {m.background_level}; inverted"))
     found = hand_crop.hand_mask(pixels)
     m = measure(pixels, found)
   # Right hands are recognised by the DICOM laterality tag only: no image
