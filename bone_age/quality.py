@@ -15,12 +15,15 @@ Policy (`--quality_gate`):
 | right hand (DICOM laterality tag R)     | mirror + flag | mirror + flag | - |
 | inverted polarity (PNG / JPEG only)     | invert + flag | invert + flag | - |
 | content not hand-like / partial / rotated | reject | flag           | -    |
-| hand small in the frame                 | flag     | flag           | -    |
+| hand box under a quarter of the image   | crop + flag | crop + flag | -    |
 
 Degenerate images are rejected under `flag` too: they hold no anatomy for a
 model to read, so a bone age for them would be noise whatever the flag.
 The image measurements (`measure`) run on a small blurred copy
 (`hand_crop.analysis_copy`), so they cost the same whatever the detector size.
+`flag` is the default so that a scoring run never loses a usable image to a
+doubtful measurement; `strict` suits archives where a non-hand must not get
+a bone age (the README's table gives each choice's measured effect).
 """
 
 from __future__ import annotations
