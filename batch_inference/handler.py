@@ -95,27 +95,34 @@ class LoadedScorer:
   """
 
   def __init__(self, model, gradcam: bool):
-    from bone_age import ood  # pylint: disable=g-import-not-at-top
     self._model = model
     self._gradcam = bool(gradcam)
-    # Same layers, one more output: the embedding costs no second forward pass.
-    self._embedder = ood.embedding_model(model)
+    self._embedder = None
+
+  def _embed(self, images: np.ndarray, male: np.ndarray) -> dict:
+    from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
+    from bone_age import ood  # pylint: disable=g-import-not-at-top
+    if self._embedder is None:
+      # Same layers, one more output: the embedding costs no second forward
+      # pass. Built after Grad-CAM has traced its own function on the model.
+      self._embedder = ood.embedding_model(self._model)
+    return self._embedder.predict_on_batch({ba_model.IMAGE_INPUT: images, ba_model.MALE_INPUT: male[:, None]})
 
   def score(self, images: np.ndarray, male: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Months (B,), group probabilities (B, G), Grad-CAM heatmaps (B, S, S) or None, embeddings (B, C)."""
     from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
-    outputs = self._embedder.predict_on_batch({ba_model.IMAGE_INPUT: images, ba_model.MALE_INPUT: male[:, None]})
-    embeddings = np.asarray(outputs["embedding"], dtype=np.float32)
     if self._gradcam:
       from bone_age import gradcam  # pylint: disable=g-import-not-at-top
       months, probs, heatmaps = gradcam.predict_with_gradcam(self._model, images, male, batch_size=len(images))
       heatmaps = np.asarray(heatmaps, dtype=np.float32)
+      embeddings = self._embed(images, male)["embedding"]
     else:
-      months, probs = outputs[ba_model.AGE_OUTPUT], outputs[ba_model.GROUP_OUTPUT]
+      outputs = self._embed(images, male)
+      months, probs, embeddings = outputs[ba_model.AGE_OUTPUT], outputs[ba_model.GROUP_OUTPUT], outputs["embedding"]
       heatmaps = None
     return (np.asarray(months, dtype=np.float32).reshape(-1), np.asarray(probs, dtype=np.float32), heatmaps,
-            embeddings)
+            np.asarray(embeddings, dtype=np.float32))
 
 
 class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
