@@ -121,7 +121,7 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
           | "ReadMembers" >> beam.ParDo(sources.ReadMembersFn(config.max_member_bytes)).with_outputs(
               rejects.REJECTS_TAG, main="images"))
   decoded = read.images | "DecodeLetterbox" >> beam.ParDo(DecodeWithMetadataFn(
-      size_px, max_pixels=config.max_pixels, keep_original=config.gradcam)).with_outputs(
+      size_px, max_pixels=config.max_pixels, keep_original=config.gradcam, quality_gate=config.quality_gate)).with_outputs(
           rejects.REJECTS_TAG, main="images")
   requests = decoded.images | "PrepareRequests" >> beam.ParDo(records.PrepareRequestFn(
       config.unknown_sex, config.overlay_max_px if config.gradcam else None)).with_outputs(
@@ -129,7 +129,7 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
   finished = (requests.requests
               | "RunInference" >> ml_base.RunInference(model_handler)
               | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(
-                  run_dir, group_names, model_id)).with_outputs(records.WORKER_TALLY_TAG, main="rows"))
+                  run_dir, group_names, model_id, export_dir)).with_outputs(records.WORKER_TALLY_TAG, main="rows"))
   settled = (finished.rows
              | "KeyRowsById" >> beam.Map(lambda r: (r["id"], r))
              | "GroupRowsById" >> beam.GroupByKey()

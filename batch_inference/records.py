@@ -18,6 +18,7 @@ import numpy as np
 
 from bone_age import errors
 from bone_age import reference
+from bone_age import quality
 from bone_age import reporting
 from beam_pipelines import rejects
 from batch_inference import handler
@@ -37,6 +38,7 @@ class ScoreKey:
   overlay_original: np.ndarray | None  # downscaled (h, w) uint8, only with Grad-CAM
   suffix: str  # '' or '-M' / '-F' under --unknown_sex=both, for the overlay name
   counts_image: bool = True  # False for the second subject of one image (--unknown_sex=both)
+  quality_flags: tuple = ()  # (code, detail) pairs from the quality gate (PreparedImage.quality_flags)
 
 
 class PrepareRequestFn(beam.DoFn):
@@ -60,7 +62,8 @@ class PrepareRequestFn(beam.DoFn):
       small = overlays.downscale(prepared.original, self._overlay_max_px)
     for i, subject in enumerate(subjects):
       suffix = f"-{subject.sex}" if len(subjects) > 1 else ""
-      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix, counts_image=i == 0)
+      key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix, counts_image=i == 0,
+                     quality_flags=tuple(prepared.quality_flags))
       yield key, handler.ScoreRequest(prepared.image, subject.male)
 
 
@@ -68,13 +71,31 @@ def _round(value: float | None, digits: int = 3) -> float | None:
   return None if value is None else round(float(value), digits)
 
 
-def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: list[str]) -> dict:
-  """The output row of one scored subject (JSON-serialisable)."""
+def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: list[str],
+                   ood_stats=None) -> dict:
+  """The output row of one scored subject (JSON-serialisable).
+
+  `quality_flags` lists the gate's decision codes (bone_age.quality: a
+  mirrored right hand, corrected polarity, a doubt about the content) and
+  `quality_flag_reasons` the same decisions in words, so no correction or
+  doubt is invisible in the predictions. With the export's OOD statistics
+  (bone_age.ood), `ood_score` is the embedding's distance from training and
+  a score above the calibrated threshold adds the `out_of_distribution` flag.
+  """
   subject = key.subject
   months = float(inference.boneage_months)
   probs = [float(p) for p in inference.group_probabilities]
   group = int(np.argmax(probs))
   age = subject.chronological_age_months
+  flags = list(key.quality_flags)
+  ood_score = None
+  embedding = getattr(inference, "embedding", None)
+  if ood_stats is not None and embedding is not None:
+    from bone_age import ood  # pylint: disable=g-import-not-at-top
+    ood_score = float(ood.scores(ood_stats, embedding)[0])
+    if ood_score > ood_stats.threshold:
+      flags.append((quality.OUT_OF_DISTRIBUTION, f"ood_score {ood_score:.3g} above the threshold {ood_stats.threshold:.3g} "
+                                         f"(validation {ood_stats.percentile:g}th percentile)"))
   row = {
       "id": key.id,
       "source": key.source,
@@ -90,6 +111,9 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
       "ba_minus_ca_months": None if age is None else _round(months - age),
       "overlay_path": None,
       "engine": inference.engine,  # engine and precision that computed this row (engines.label)
+      "quality_flags": [code for code, _ in flags],
+      "quality_flag_reasons": [f"{code}: {detail}" for code, detail in flags],
+      "ood_score": _round(ood_score, 4),
   }
   row.update(reference.sds_columns(months, age, subject.sex))
   return row
@@ -107,17 +131,20 @@ class FinishPredictionFn(beam.DoFn):
   runs fused with RunInference, so the id is the process that ran the model.
   """
 
-  def __init__(self, run_dir: str, group_names: list[str], model_id: str | None = None):
+  def __init__(self, run_dir: str, group_names: list[str], model_id: str | None = None,
+               export_dir: str | None = None):
     super().__init__()
     self._run_dir = run_dir
     self._model_id = model_id
     self._group_names = list(group_names)
+    self._export_dir = export_dir
+    self._ood_stats = None
     self._scored = beam.metrics.Metrics.counter("boneage", "scored")
 
   def process(self, element):
     key, result = element
     inference = result.inference
-    row = prediction_row(key, inference, self._group_names)
+    row = prediction_row(key, inference, self._group_names, self._ood_stats)
     if inference.heatmap is not None and key.overlay_original is not None:
       name = overlays.overlay_file_name(key.id, key.source, key.suffix)
       heat = overlays.heatmap_on_original(key.transform, inference.heatmap, key.overlay_original.shape)
@@ -131,6 +158,9 @@ class FinishPredictionFn(beam.DoFn):
 
   def setup(self):
     self._worker_id = worker_id()
+    if self._export_dir:
+      from bone_age import ood  # pylint: disable=g-import-not-at-top
+      self._ood_stats = ood.load(self._export_dir)  # None for an export made without OOD statistics
 
 
 class SettleDuplicateIdsFn(beam.DoFn):

@@ -27,6 +27,7 @@ from beam_pipelines import runners
 from bone_age import age_groups
 from bone_age import errors
 from bone_age import imaging
+from bone_age import quality
 from batch_inference import dicom_outputs
 from batch_inference import engines
 from batch_inference import handler
@@ -61,6 +62,7 @@ class ScoreConfig:
   dicomweb_url: str | None = None
   engine: str = "tensorflow"
   precision: str = engines.FLOAT32
+  quality_gate: str = quality.DEFAULT_POLICY
 
 # --batch_size=0 picks CPU_BATCH_SIZE, or engines.GPU_MIN_BATCH_SIZE for GPU workers.
 CPU_BATCH_SIZE = 8
@@ -105,6 +107,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("max_pixels", imaging.DEFAULT_MAX_PIXELS,
                        "Decompression-bomb guard: largest image (H*W) decoded.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum("quality_gate", quality.DEFAULT_POLICY, quality.POLICIES,
+                    "Content gate (bone_age.quality): strict rejects non-hand images and DICOM tags, flag scores "
+                    "them with quality_flags, off skips the gate and the hand crop. Degenerate images are rejected "
+                    "unless off.", flag_values=fv)
   flags.DEFINE_integer("overlay_max_px", overlays.DEFAULT_OVERLAY_MAX_PX, "Long side of the overlay PNGs.",
                        lower_bound=16, flag_values=fv)
   flags.DEFINE_boolean("dicom_outputs", False, "For each scored DICOM, write a Structured Report and (with "
@@ -146,7 +152,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       max_member_bytes=fv.max_member_bytes, max_pixels=fv.max_pixels, overlay_max_px=fv.overlay_max_px,
       inputs_manifest=fv.inputs_manifest, allow_empty_patterns=fv.allow_empty_patterns,
       members_per_read=fv.members_per_read, dicom_outputs=fv.dicom_outputs or bool(fv.dicomweb_url),
-      dicomweb_url=fv.dicomweb_url, engine=fv.engine, precision=fv.precision)
+      dicomweb_url=fv.dicomweb_url, engine=fv.engine, precision=fv.precision,
+      quality_gate=fv.quality_gate)
   if config.precision == engines.BF16 and config.engine == "tensorflow":
     _usage_error("--precision=bf16 needs --engine=openvino (or auto); the TensorFlow engine runs float32")
   if config.batch_size == 0:
@@ -272,6 +279,8 @@ def format_summary(summary: dict) -> str:
            + ("" if summary["accounted"] else "  (MISMATCH: some inputs are unaccounted for)")]
   for reason, count in summary["rejected_by_reason"].items():
     lines.append(f"  rejected {reason}: {count}")
+  for code, count in summary.get("flagged_rows_by_code", {}).items():
+    lines.append(f"  scored with quality flag {code}: {count}")
   lines.append(f"sex from: {summary['sex_sources']}; chronological age from: {summary['chronological_age_sources']}")
   for name, what in (("dicom_outputs_by_status", "DICOM SR + SC"),
                      ("dicomweb_by_status", "sent to the PACS (STOW-RS)")):

@@ -41,7 +41,7 @@ COUNTS_JSON = "counts.json"
 BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
     "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "sds", "sds_reading",
-    "sds_missing_reason", "overlay_path", "engine")
+    "sds_missing_reason", "overlay_path", "quality_flags", "ood_score", "engine")
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -63,7 +63,8 @@ def csv_header(group_names: list[str]) -> str:
 
 def csv_row(row: dict, group_names: list[str]) -> str:
   """One predictions row as a CSV line (no line end: the text sink adds it)."""
-  values = ["" if row.get(c) is None else row[c] for c in BASE_COLUMNS]  # a column a row lacks stays empty
+  values = [row.get(c) for c in BASE_COLUMNS]  # a column a row lacks stays empty
+  values = ["" if v is None else ";".join(v) if isinstance(v, list) else v for v in values]
   values += [row["age_group_probabilities"][name] for name in group_names]
   return _csv_line(values)
 
@@ -116,11 +117,12 @@ class _TallyFn(beam.CombineFn):
     if tag == _READ:
       accumulator[_READ]["inputs"] += int(value)
     elif tag == _ROW:
-      sex_source, age_source, has_overlay, dicom_outcomes, engine = value
+      sex_source, age_source, has_overlay, flag_codes, dicom_outcomes, engine = value
       for name, outcome in dicom_outcomes:  # DICOM outputs and PACS sending, when asked for
         accumulator[name][outcome] += 1
       accumulator["rows_by_engine"][engine] += 1
       accumulator["rows"]["all"] += 1
+      accumulator["flagged_rows_by_code"].update(flag_codes)
       accumulator["rows"]["assumed_both"] += sex_source == patients.SEX_ASSUMED_BOTH
       accumulator["rows"]["overlays"] += has_overlay
       accumulator["sex_sources"][sex_source] += 1
@@ -181,6 +183,7 @@ class CountOutputsFn(beam.CombineFn):
         "rows_by_engine": dict(sorted(accumulator["rows_by_engine"].items())),
         **{name: dict(sorted(accumulator[name].items())) for name in ("dicom_outputs_by_status", "dicomweb_by_status")
            if accumulator.get(name)},
+        "flagged_rows_by_code": dict(sorted(accumulator["flagged_rows_by_code"].items())),
     }
 
 
@@ -192,8 +195,8 @@ def _outcome(status: str) -> str:
 def _row_item(row: dict) -> tuple:
   dicom_outcomes = tuple((name, _outcome(row[key])) for name, key in (("dicom_outputs_by_status", "dicom_status"),
                                                                       ("dicomweb_by_status", "dicomweb_status")) if row.get(key))
-  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")), dicom_outcomes,
-                row["engine"])
+  return _ROW, (row["sex_source"], row["chronological_age_source"], bool(row.get("overlay_path")),
+                tuple(row.get("quality_flags") or ()), dicom_outcomes, row["engine"])
 
 
 def _write_counts(counts: dict, path: str) -> dict:

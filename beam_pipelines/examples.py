@@ -13,6 +13,7 @@ import dataclasses
 import apache_beam as beam
 
 from bone_age import imaging
+from bone_age import quality
 from bone_age import schema
 from beam_pipelines import rejects
 from beam_pipelines import transforms
@@ -62,11 +63,14 @@ class RecordToExampleFn(beam.DoFn):
   in one step, so the record's labels travel with its pixels without a join.
   """
 
-  def __init__(self, size_px: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
+  def __init__(self, size_px: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+               quality_gate: str = quality.DEFAULT_POLICY):
     super().__init__()
     self._size_px = int(size_px)
     self._read = transforms.ReadBytesFn()
-    self._decode = transforms.DecodeLetterboxFn(size_px, max_pixels=max_pixels)
+    # The gate rejects degenerate images under every policy but off, so none
+    # reaches a split; the scorer runs the same gate and crop.
+    self._decode = transforms.DecodeLetterboxFn(size_px, max_pixels=max_pixels, quality_gate=quality_gate)
 
   def setup(self):
     import cv2  # pylint: disable=g-import-not-at-top
@@ -118,13 +122,16 @@ class BuildExamples(beam.PTransform):
     size_px: Side of the letterboxed square.
     rejects_paths: Files to write the JSON-lines rejects to (each replaced).
     max_pixels: Decompression-bomb guard.
+    quality_gate: The content gate's policy (`bone_age.quality`): strict, flag or off.
   """
 
-  def __init__(self, size_px: int, rejects_paths=(), max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
+  def __init__(self, size_px: int, rejects_paths=(), max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+               quality_gate: str = quality.DEFAULT_POLICY):
     super().__init__()
     self._size_px = size_px
     self._rejects_paths = list(rejects_paths)
     self._max_pixels = max_pixels
+    self._quality_gate = quality_gate
 
   def expand(self, records_and_label_rejects):
     records, label_rejects = records_and_label_rejects
@@ -132,7 +139,7 @@ class BuildExamples(beam.PTransform):
         records
         # Spread records over workers: the reads and decodes are the heavy part.
         | "Spread" >> beam.Reshuffle()
-        | "ReadDecodeLetterbox" >> beam.ParDo(RecordToExampleFn(self._size_px, self._max_pixels)).with_outputs(
+        | "ReadDecodeLetterbox" >> beam.ParDo(RecordToExampleFn(self._size_px, self._max_pixels, self._quality_gate)).with_outputs(
             rejects.REJECTS_TAG, main=EXAMPLES_TAG))
     all_rejects = ((outputs[rejects.REJECTS_TAG], label_rejects) | "FlattenRejects" >> beam.Flatten())
     for i, path in enumerate(self._rejects_paths):

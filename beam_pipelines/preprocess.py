@@ -24,6 +24,7 @@ import sys
 
 from absl import flags
 
+from bone_age import quality
 from beam_pipelines import runners
 
 _FLAGS = flags.FlagValues()
@@ -38,6 +39,9 @@ flags.DEFINE_string("dataset_module", "tfds_rsna", "Module to import so the data
 flags.DEFINE_string("dataset", "rsna_bone_age", "Registered TFDS dataset name.", flag_values=_FLAGS)
 flags.DEFINE_boolean("compute_stats", False, "Compute TFDS feature statistics (one extra pass over the data; the "
                      "trainer does not need them).", flag_values=_FLAGS)
+flags.DEFINE_enum("quality_gate", quality.DEFAULT_POLICY, quality.POLICIES,
+                  "Content gate (bone_age.quality): strict rejects non-hands, flag lets them through counted, off "
+                  "skips the gate and the hand crop. Degenerate images are rejected unless off.", flag_values=_FLAGS)
 flags.DEFINE_boolean("overwrite", False, "Rebuild even if the dataset already exists.", flag_values=_FLAGS)
 
 
@@ -103,6 +107,8 @@ def run(argv: list[str]) -> BuildSummary:
   builder_kwargs = {"data_dir": _FLAGS.data_dir}
   if _FLAGS.rejects:
     builder_kwargs["rejects_path"] = _FLAGS.rejects
+  if _FLAGS.quality_gate != quality.DEFAULT_POLICY:
+    builder_kwargs["quality_gate"] = _FLAGS.quality_gate
   builder = tfds.builder(f"{_FLAGS.dataset}/{_FLAGS.config}", **builder_kwargs)
   # No runner or DirectRunner: Beam's local runner without its Prism download.
   beam_args = runners.resolve_runner_args(beam_args)

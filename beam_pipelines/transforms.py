@@ -2,8 +2,10 @@
 
 The dataset builder and the batch scorer both run `DecodeLetterboxFn`, so a
 model sees at serving time exactly the image representation it was trained
-on (the same decoder, normalisation and letterbox). Inputs it cannot use go to
-the rejects output with their reason (see `rejects`), never crash the job.
+on: decode -> quality gate (`bone_age.quality`: reject, or mirror / un-invert
+with a flag) -> hand crop (`bone_age.hand_crop`) -> letterbox. Inputs it
+cannot use go to the rejects output with their reason (see `rejects`), never
+crash the job; every correction the gate makes travels as a quality flag.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import apache_beam as beam
 
 from bone_age import errors
 from bone_age import imaging
+from bone_age import quality
 from beam_pipelines import rejects
 
+import numpy as np
+
 if TYPE_CHECKING:
-  import numpy as np
   from bone_age.letterbox import LetterboxTransform
 
 COUNTER_NAMESPACE = rejects.COUNTER_NAMESPACE
+FLAGGED_COUNTER_PREFIX = "flagged_"  # + a quality flag code: images let through with that flag
 
 
 @dataclasses.dataclass
@@ -35,7 +40,10 @@ class PreparedImage:
     image: (S, S) uint8 letterboxed radiograph, bone bright.
     transform: Where the original pixels lie inside the square (maps heatmaps back).
     patient: Sex / dates from DICOM tags; None for PNG and JPEG.
-    original: (H, W) uint8 full normalised radiograph, only with keep_original.
+    original: (H, W) uint8 radiograph as the letterbox saw it (gated and
+      cropped: `transform` maps onto it), only with keep_original.
+    quality_flags: The gate's decisions on this image, as (code, detail)
+      pairs (`bone_age.quality.QualityFlag`); empty when nothing was noticed.
   """
   id: str
   source: str
@@ -43,17 +51,24 @@ class PreparedImage:
   transform: LetterboxTransform
   patient: imaging.PatientInfo | None
   original: np.ndarray | None = None
+  quality_flags: tuple = ()
 
 
 class DecodeLetterboxFn(beam.DoFn):
   """(id, source, data_bytes) -> PreparedImage, or a reject.
 
   Decoding checks the header size against `max_pixels` before allocating
-  pixels, so a decompression bomb is refused, not decoded.
+  pixels, so a decompression bomb is refused, not decoded. `quality_gate`
+  is the gate's policy (strict, flag or off; see `bone_age.quality`); the
+  hand crop runs whenever the gate does.
   """
 
-  def __init__(self, size_px: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS, keep_original: bool = False):
+  def __init__(self, size_px: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS, keep_original: bool = False,
+               quality_gate: str = quality.DEFAULT_POLICY):
     super().__init__()
+    if quality_gate not in quality.POLICIES:
+      raise ValueError(f"quality_gate must be one of {quality.POLICIES}, got {quality_gate!r}")
+    self._quality_gate = quality_gate
     self._size_px = int(size_px)
     self._max_pixels = int(max_pixels)
     self._keep_original = bool(keep_original)
@@ -61,14 +76,20 @@ class DecodeLetterboxFn(beam.DoFn):
 
   def setup(self):
     # cv2 / pydicom load here, once per worker, not when the job is defined.
+    from bone_age import hand_crop  # pylint: disable=g-import-not-at-top
     from bone_age import letterbox  # pylint: disable=g-import-not-at-top
     self._letterbox = letterbox.letterbox
+    self._crop = hand_crop.crop_to_hand
 
   def process(self, element: tuple[str, str, bytes]):
     example_id, source, data = element
     try:
       radiograph = imaging.decode_radiograph(data, source, max_pixels=self._max_pixels)
-      square, transform = self._letterbox(radiograph.pixels, self._size_px)
+      gated = quality.apply_gate(radiograph, source, self._quality_gate)
+      pixels = gated.pixels
+      if self._quality_gate != quality.OFF:
+        pixels, _ = self._crop(pixels, gated.hand)
+      square, transform = self._letterbox(pixels, self._size_px)
     except errors.InputError as e:
       yield rejects.reject(e, example_id)
       return
@@ -80,13 +101,16 @@ class DecodeLetterboxFn(beam.DoFn):
           errors.InputError(source, errors.NOT_AN_IMAGE, f"cannot decode: {type(e).__name__}: {e}"), example_id)
       return
     self._decoded.inc()
+    for flag in gated.flags:
+      beam.metrics.Metrics.counter(COUNTER_NAMESPACE, FLAGGED_COUNTER_PREFIX + flag.code).inc()
     yield PreparedImage(
         id=example_id,
         source=source,
         image=square,
         transform=transform,
         patient=radiograph.patient,
-        original=radiograph.pixels if self._keep_original else None)
+        original=np.ascontiguousarray(pixels) if self._keep_original else None,
+        quality_flags=tuple((f.code, f.detail) for f in gated.flags))
 
 
 def read_bytes(path: str) -> bytes:

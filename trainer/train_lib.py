@@ -54,6 +54,9 @@ from trainer import task
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "training_summary.json"
 EXPORT_SUBDIR = "export"
+# Embeddings per split behind the export's OOD statistics: enough for a
+# shrunk covariance of the backbone's channels, a bounded pass on any split.
+OOD_MAX_EMBEDDINGS = 4096
 _STOP = task.TRAIN_STATS.index("stop")
 
 
@@ -381,6 +384,28 @@ class Trainer:
     fresh.set_weights(self.model.get_weights())
     return fresh
 
+  def _embeddings(self, embedder, split: str) -> np.ndarray:
+    """Pooled backbone features of up to OOD_MAX_EMBEDDINGS images of `split`, in file order."""
+    chunks, count = [], 0
+    for batch in ip.eval_dataset(self.builder, self.config, self.facts.image_size_px, split=split, keep_keys=False):
+      keep = batch[ip.WEIGHT].numpy() > 0
+      embedding = np.asarray(embedder.predict_on_batch(ip.model_inputs(batch))["embedding"])[keep]
+      chunks.append(embedding)
+      count += len(embedding)
+      if count >= OOD_MAX_EMBEDDINGS:
+        break
+    return np.concatenate(chunks)[:OOD_MAX_EMBEDDINGS]
+
+  def _save_ood_stats(self, model: keras.Model, export_dir: str) -> None:
+    """Fits the export's out-of-distribution statistics (bone_age.ood) on train, calibrated on validation."""
+    from bone_age import ood  # pylint: disable=g-import-not-at-top
+    embedder = ood.embedding_model(model)
+    stats = ood.fit(self._embeddings(embedder, self.config.data.train_split),
+                    self._embeddings(embedder, self.config.data.validation_split))
+    ood.save(stats, export_dir)
+    logging.info("OOD statistics from %d training embeddings; threshold %.3g (validation %g%%, %d embeddings)",
+                 stats.num_train, stats.threshold, stats.percentile, stats.num_validation)
+
   def _finish(self, step: int, final_validation: dict) -> TrainResult:
     export_dir = os.path.join(self.model_dir, EXPORT_SUBDIR)
     best_mae = float(self.schedule.best_val_mae.numpy())
@@ -388,7 +413,8 @@ class Trainer:
                          export_dir if self.chief else None, False, self.steady_images_per_second)
     if self.chief:
       from bone_age import export  # pylint: disable=g-import-not-at-top
-      export.save_export(self.export_copy(), export_dir, strict_json({
+      exported = self.export_copy()
+      export.save_export(exported, export_dir, strict_json({
           "image_size_px": self.facts.image_size_px,
           "age_group_edges_months": self.facts.age_group_edges_months,
           "backbone": self.config.model.backbone,
@@ -400,6 +426,7 @@ class Trainer:
           "final_validation_mae_months": final_validation.get("mae_months"),
           "best_validation_mae_months": best_mae,
       }))
+      self._save_ood_stats(exported, export_dir)
       with tf.io.gfile.GFile(os.path.join(self.model_dir, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(strict_json({
             "steps": step, "final_validation": final_validation, "best_validation_mae_months": best_mae,

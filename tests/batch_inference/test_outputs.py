@@ -49,7 +49,8 @@ def test_writers_count_inside_the_pipeline(tmp_path):
       "read": 6, "scored": 4, "rejected": 2, "accounted": True, "prediction_rows": 5, "overlays": 1,
       "rejected_by_reason": {"missing_file": 1, "truncated": 1},
       "sex_sources": {"assumed_both": 2, "csv": 2, "dicom": 1}, "chronological_age_sources": {"unknown": 5},
-      "scored_per_worker": {"w1": 4, "w2": 1}, "rows_by_engine": {"tensorflow-float32": 5}}
+      "scored_per_worker": {"w1": 4, "w2": 1}, "rows_by_engine": {"tensorflow-float32": 5},
+      "flagged_rows_by_code": {}}
   jsonl = [json.loads(l) for p in tmp_path.glob("predictions-*.jsonl") for l in p.read_text().splitlines()]
   assert sorted(jsonl, key=lambda r: (r["id"], r["sex"])) == sorted(rows, key=lambda r: (r["id"], r["sex"]))
   csv_lines = [l for p in tmp_path.glob("predictions-*.csv") for l in p.read_text().splitlines()]

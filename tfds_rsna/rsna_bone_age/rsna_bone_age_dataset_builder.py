@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from bone_age import age_groups
 from bone_age import imaging
+from bone_age import quality
 from bone_age import schema
 from beam_pipelines import examples as examples_lib
 from tfds_rsna.rsna_bone_age import labeled_images
@@ -82,9 +83,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
      without extension). Splits: stable hashed, stratified.
   """
 
-  def __init__(self, *, rejects_path: str | None = None, **kwargs):
-    """Args: rejects_path: extra copy of the rejects file (e.g. `--rejects`)."""
+  def __init__(self, *, rejects_path: str | None = None, quality_gate: str = quality.DEFAULT_POLICY, **kwargs):
+    """Args: rejects_path: extra copy of the rejects file (e.g. `--rejects`); quality_gate: the content
+    gate's policy (`bone_age.quality`: strict, flag or off)."""
     self._extra_rejects_path = rejects_path
+    self._quality_gate = quality_gate
     self._build_summary: dict = {}
     super().__init__(**kwargs)
 
@@ -122,7 +125,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         [(str(path), spec, split) for path, spec, split in layout.tables], str(layout.image_root), split_rule,
         config.num_age_groups, str(self.data_path / labeled_images.FACTS_FILE))
     examples = (labeled["records"], labeled["rejects"]) | "RsnaBoneAge" >> examples_lib.BuildExamples(
-        config.image_size_px, rejects_paths, max_pixels=config.max_pixels)
+        config.image_size_px, rejects_paths, max_pixels=config.max_pixels, quality_gate=self._quality_gate)
     return {split: self._generate_examples(examples, split) for split in self._declared_splits(layout)}
 
   def _declared_splits(self, layout: layouts.Layout) -> list[str]:

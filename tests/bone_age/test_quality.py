@@ -1,0 +1,110 @@
+"""The content gate and the hand crop on inputs made here (bone_age.quality_corpus)."""
+
+import numpy as np
+import pytest
+
+from bone_age import errors
+from bone_age import hand_crop
+from bone_age import imaging
+from bone_age import quality
+from bone_age import quality_corpus as qc
+
+
+def _gate(data: bytes, policy=quality.STRICT, name="x"):
+  return quality.apply_gate(imaging.decode_radiograph(data, name), name, policy)
+
+
+def _codes(result):
+  return {f.code for f in result.flags}
+
+
+@pytest.mark.parametrize("pixels, reason", [
+    (np.zeros((1, 1), np.uint8), quality.IMAGE_TOO_SMALL),
+    (np.zeros((300, 240), np.uint8), quality.BLANK_IMAGE),
+    (np.full((300, 240), 255, np.uint8), quality.BLANK_IMAGE),
+    (np.zeros((300, 240, 4), np.uint8), quality.BLANK_IMAGE),  # fully transparent
+    (np.tile(np.arange(0, 250, 5, dtype=np.uint8), (40, 10)), quality.ABSURD_ASPECT_RATIO),
+])
+@pytest.mark.parametrize("policy", [quality.STRICT, quality.FLAG])
+def test_degenerate_images_are_rejected_with_their_own_reason(pixels, reason, policy):
+  with pytest.raises(errors.InputError) as e:
+    _gate(qc.png(pixels), policy)
+  assert e.value.reason == reason
+
+
+def test_off_lets_everything_through_unchanged():
+  result = _gate(qc.png(np.zeros((300, 240), np.uint8)), quality.OFF)
+  assert result.flags == ()
+
+
+def test_a_phantom_passes_without_flags():
+  assert _gate(qc.png(qc.phantom(10_001))).flags == ()
+
+
+def test_inverted_export_is_corrected_and_flagged():
+  image = qc.phantom(10_001)
+  result = _gate(qc.png(255 - image))
+  assert _codes(result) == {quality.INVERTED_POLARITY}
+  plain = imaging.decode_radiograph(qc.png(image), "x").pixels
+  assert np.abs(result.pixels.astype(int) - plain.astype(int)).mean() < 2
+
+
+def test_right_laterality_tag_mirrors_to_the_left_hand():
+  image = qc.phantom(10_001)
+  result = _gate(qc.dicom(np.ascontiguousarray(image[:, ::-1]), laterality="R"))
+  assert _codes(result) == {quality.MIRRORED_RIGHT_HAND}
+  left = _gate(qc.dicom(image)).pixels
+  np.testing.assert_array_equal(result.pixels, left)
+
+
+@pytest.mark.parametrize("modality, body_part", [("DX", "CHEST"), ("CR", "SKULL"), ("CT", "HAND"), ("MR", None)])
+def test_dicom_of_another_modality_or_body_part(modality, body_part):
+  data = qc.dicom(qc.phantom(10_002), modality=modality, body_part=body_part)
+  with pytest.raises(errors.InputError) as e:
+    _gate(data, quality.STRICT)
+  assert e.value.reason == quality.NOT_A_HAND_RADIOGRAPH
+  assert modality in e.value.detail or str(body_part) in e.value.detail
+  assert quality.NON_HAND_DICOM_TAGS in _codes(_gate(data, quality.FLAG))
+
+
+@pytest.mark.parametrize("make", [qc.chest_like, qc.skull_like, qc.knee_like, qc.text_page,
+                                  lambda s: np.random.default_rng(s).integers(0, 256, (400, 300), dtype=np.uint8)])
+def test_non_hand_pictures_are_rejected_in_strict_and_flagged_in_flag(make):
+  data = qc.png(make(3))
+  with pytest.raises(errors.InputError) as e:
+    _gate(data, quality.STRICT)
+  assert e.value.reason == quality.NOT_A_HAND
+  assert _gate(data, quality.FLAG).flags
+
+
+def test_small_hand_on_a_large_canvas_is_flagged_and_cropped_to_the_hand():
+  image = qc.phantom(10_001)
+  canvas = qc.on_large_canvas(image, 0.25, seed=4)
+  result = _gate(qc.png(canvas))
+  assert quality.SMALL_HAND in _codes(result)
+  cropped, box = hand_crop.crop_to_hand(result.pixels, result.hand)
+  assert box is not None
+  # The hand is 25% of the canvas height: the crop keeps about that, plus margins.
+  assert 0.2 * canvas.shape[0] < cropped.shape[0] < 0.45 * canvas.shape[0]
+
+
+def test_crop_leaves_a_hand_that_fills_the_frame_alone():
+  pixels = imaging.decode_radiograph(qc.png(qc.phantom(10_001)), "x").pixels
+  cropped, box = hand_crop.crop_to_hand(pixels)
+  assert box is None and cropped is pixels
+
+
+def test_every_real_sample_radiograph_passes(shared_data_dir=None):
+  import pathlib  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rsna_sample" / "images"
+  if not root.is_dir():
+    pytest.skip(f"real sample radiographs not present at {root}")
+  outcomes = {}
+  for case in qc.real_sample(root):
+    try:
+      outcomes[case.name] = sorted(_codes(_gate(case.data, quality.STRICT, case.name)))
+    except errors.InputError as e:
+      outcomes[case.name] = e.reason
+  failed = {k: v for k, v in outcomes.items() if v}
+  assert len(outcomes) == 65
+  assert not failed
