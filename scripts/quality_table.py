@@ -7,7 +7,7 @@ test files) it counts the share rejected or flagged; for good phantoms and
 real radiographs the share passed with no reject and no flag. Every input
 runs the scorer's and the builder's own path: decode, then the gate.
 
-  python scripts/quality_table.py --policy=strict --real_dir=../shared/data/rsna_sample/images
+  python scripts/quality_table.py --policy=strict --real_dir=<folder of real radiographs, e.g. the RSNA sample images>
 """
 
 import argparse
