@@ -125,3 +125,15 @@ def test_an_unreachable_pacs_is_reported_not_fatal(tiny_export, make, outputs_of
   row = out["predictions"][0]
   assert row["dicom_status"] == "written" and row["dicomweb_status"].startswith("failed:")
   assert out["summary"]["scored"] == 1 and out["summary"]["dicomweb_by_status"] == {"failed": 1}
+
+
+def test_a_pacs_that_cannot_be_connected_to_is_tried_once_per_worker(make):
+  import pydicom  # pylint: disable=g-import-not-at-top
+  from batch_inference import dicomweb  # pylint: disable=g-import-not-at-top
+  sender = dicomweb.StowSender(f"http://127.0.0.1:{_free_port()}/dicom-web")
+  with pydicom.filebase.DicomBytesIO(make.dicom(make.pixels(4), sex="F", **make.DATES)) as f:
+    dataset = pydicom.dcmread(f)
+  first, second = sender.send([dataset]), sender.send([dataset])
+  assert first.startswith("failed: ConnectionError"), first
+  assert second.startswith("failed: not sent, the PACS was unreachable earlier") and "ConnectionError" in second, second
+  assert sender.send([]) == dicomweb.STORED  # nothing to send is never a failure
