@@ -5,6 +5,7 @@ import pytest
 
 from bone_age import errors
 from bone_age import hand_crop
+from bone_age import hand_laterality
 from bone_age import imaging
 from bone_age import quality
 from bone_age import quality_corpus as qc
@@ -55,6 +56,42 @@ def test_right_laterality_tag_mirrors_to_the_left_hand():
   assert _codes(result) == {quality.MIRRORED_RIGHT_HAND}
   left = _gate(qc.dicom(image)).pixels
   np.testing.assert_array_equal(result.pixels, left)
+
+
+@pytest.mark.parametrize("seed", [10_001, 10_002])
+def test_right_hand_without_a_tag_is_recognised_from_the_thumb_side_and_mirrored(seed):
+  image = qc.phantom(seed)
+  result = _gate(qc.png(np.ascontiguousarray(image[:, ::-1])))
+  assert _codes(result) == {quality.MIRRORED_RIGHT_HAND}
+  assert "thumb" in result.flags[0].detail
+  # The model then sees exactly the left hand's pixels: the same prediction.
+  np.testing.assert_array_equal(result.pixels, imaging.decode_radiograph(qc.png(image), "x").pixels)
+
+
+def test_thumb_side_score_is_positive_for_a_left_hand_and_negative_mirrored():
+  pixels = imaging.decode_radiograph(qc.png(qc.phantom(10_001)), "x").pixels
+  left = hand_laterality.thumb_side_score(hand_crop.hand_mask(pixels).largest)
+  right = hand_laterality.thumb_side_score(hand_crop.hand_mask(np.ascontiguousarray(pixels[:, ::-1])).largest)
+  assert left > -quality.RIGHT_HAND_SCORE and right < quality.RIGHT_HAND_SCORE
+  assert hand_laterality.thumb_side_score(np.zeros((64, 64), bool)) == 0.0
+  block = np.zeros((64, 64), bool)
+  block[10:60, 20:44] = True  # no digits, no valleys: undecided
+  assert hand_laterality.thumb_side_score(block) == 0.0
+
+
+def test_a_left_laterality_tag_wins_over_the_outline():
+  image = qc.phantom(10_001)
+  result = _gate(qc.dicom(np.ascontiguousarray(image[:, ::-1]), laterality="L"))
+  assert quality.MIRRORED_RIGHT_HAND not in _codes(result)
+
+
+def test_digits_cut_off_above_the_palm_are_a_partial_hand():
+  image = qc.phantom(10_030)
+  data = qc.png(image[:int(0.42 * image.shape[0])])
+  with pytest.raises(errors.InputError) as e:
+    _gate(data, quality.STRICT)
+  assert e.value.reason == quality.NOT_A_HAND and "no palm" in e.value.detail
+  assert quality.PARTIAL_HAND in _codes(_gate(data, quality.FLAG))
 
 
 @pytest.mark.parametrize("modality, body_part", [("DX", "CHEST"), ("CR", "SKULL"), ("CT", "HAND"), ("MR", None)])
