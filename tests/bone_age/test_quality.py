@@ -125,10 +125,31 @@ def test_small_hand_on_a_large_canvas_is_flagged_and_cropped_to_the_hand():
   assert 0.2 * canvas.shape[0] < cropped.shape[0] < 0.45 * canvas.shape[0]
 
 
-def test_crop_leaves_a_hand_that_fills_the_frame_alone():
-  pixels = imaging.decode_radiograph(qc.png(qc.phantom(10_001)), "x").pixels
+@pytest.mark.parametrize("seed", [10_002, 10_003])  # phantoms whose hand box spans the whole frame
+def test_crop_leaves_a_hand_that_fills_the_frame_alone(seed):
+  pixels = imaging.decode_radiograph(qc.png(qc.phantom(seed)), "x").pixels
   cropped, box = hand_crop.crop_to_hand(pixels)
   assert box is None and cropped is pixels
+
+
+@pytest.mark.parametrize("seed", [10_001, 10_002, 10_003])
+def test_a_hand_at_four_fifths_of_the_frame_is_cropped_to_the_full_frame_scale(seed):
+  import cv2  # pylint: disable=g-import-not-at-top
+  image = qc.phantom(seed)
+  height, width = image.shape
+  canvas = np.full_like(image, 12)
+  small = cv2.resize(image, (int(width * 0.8), int(height * 0.8)), interpolation=cv2.INTER_AREA)
+  canvas[20:20 + small.shape[0], 30:30 + small.shape[1]] = small
+  cropped, box = hand_crop.crop_to_hand(canvas)
+  assert box is not None
+
+  def hand_share(pixels):  # the hand's height over the image's height
+    rows = np.flatnonzero(hand_crop.hand_mask(pixels).mask.any(axis=1))
+    return (rows[-1] - rows[0] + 1) / hand_crop.hand_mask(pixels).mask.shape[0]
+
+  # Cropped, the hand spans about the share of the frame it spans at full
+  # scale (uncropped, it would span 0.8 of it).
+  assert hand_share(cropped) == pytest.approx(hand_share(image), rel=0.1)
 
 
 def test_every_real_sample_radiograph_passes(shared_data_dir=None):
