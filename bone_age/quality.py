@@ -245,8 +245,8 @@ def _content_problems(m: Measurements) -> list[tuple[str, str]]:
     problems.append((PARTIAL_HAND, f"{m.bottom_runs} separate parts cross the bottom edge (digits cut off, "
                                    "wrist missing)"))
   elif m.palm_radius < MIN_PALM_RADIUS:
-    problems.append((PARTIAL_HAND, f"no palm: the widest part is {m.palm_radius:.2f} of the outline's size across "
-                                   f"(hands with a palm >= {MIN_PALM_RADIUS}; digits alone are narrower)"))
+    problems.append((PARTIAL_HAND, f"no palm: the largest circle inside has a radius of {m.palm_radius:.2f} of the "
+                                   f"outline's size (hands with a palm >= {MIN_PALM_RADIUS}; digits are narrower)"))
   return problems
 
 
