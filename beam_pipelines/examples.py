@@ -56,6 +56,19 @@ class ImageRecord:
   split: str
 
 
+# Per-split counters: f"split_{split}_{REJECTED}_{reason}",
+# f"split_{split}_{FLAGGED}_{code}" and f"split_{split}_{HAND_CROPPED}".
+# Label-stage rejects (bad label rows, duplicate ids) happen before an image
+# has a split and are counted only in `rejected_by_reason`.
+_SPLIT_COUNTER_PREFIX = "split_"
+REJECTED, FLAGGED, HAND_CROPPED = "rejected", "flagged", "hand_cropped"
+
+
+def _count(split: str, kind: str, code: str | None = None) -> None:
+  name = f"{_SPLIT_COUNTER_PREFIX}{split}_{kind}" + (f"_{code}" if code else "")
+  beam.metrics.Metrics.counter(rejects.COUNTER_NAMESPACE, name).inc()
+
+
 class RecordToExampleFn(beam.DoFn):
   """ImageRecord -> (split, (id, example dict)), or a reject.
 
@@ -85,13 +98,19 @@ class RecordToExampleFn(beam.DoFn):
   def process(self, record: ImageRecord):
     for read in self._read.process((record.id, record.path)):
       if isinstance(read, beam.pvalue.TaggedOutput):
+        _count(record.split, REJECTED, read.value["reason"])
         yield read
         continue
       for prepared in self._decode.process(read):
         if isinstance(prepared, beam.pvalue.TaggedOutput):
+          _count(record.split, REJECTED, prepared.value["reason"])
           yield prepared
           continue
         beam.metrics.Metrics.counter(rejects.COUNTER_NAMESPACE, f"examples_{record.split}").inc()
+        for code in sorted({code for code, _ in prepared.quality_flags}):
+          _count(record.split, FLAGGED, code)
+        if prepared.crop_box is not None:
+          _count(record.split, HAND_CROPPED)
         yield record.split, (record.id, self._example(record, prepared))
 
   def _example(self, record: ImageRecord, prepared: transforms.PreparedImage) -> dict:
@@ -106,8 +125,12 @@ class RecordToExampleFn(beam.DoFn):
         schema.MALE: int(record.male),
         schema.AGE_GROUP: int(record.age_group),
         schema.ID: record.id,
-        schema.ORIGINAL_HEIGHT_PX: int(prepared.transform.source_height_px),
-        schema.ORIGINAL_WIDTH_PX: int(prepared.transform.source_width_px),
+        # The decoded radiograph's size, before the hand crop: what the
+        # feature's name promises. The crop box is not stored per example
+        # (it would change the dataset's features); the metadata counts the
+        # cropped images per split.
+        schema.ORIGINAL_HEIGHT_PX: int(prepared.decoded_hw[0]),
+        schema.ORIGINAL_WIDTH_PX: int(prepared.decoded_hw[1]),
     }
 
 
@@ -189,3 +212,23 @@ def rejected_by_reason(totals: dict[str, int]) -> dict[str, int]:
   """{reason: count} from `counter_totals`."""
   prefix = rejects.REJECTED_COUNTER_PREFIX
   return {name[len(prefix):]: n for name, n in sorted(totals.items()) if name.startswith(prefix) and n}
+
+
+def quality_by_split(totals: dict[str, int]) -> dict[str, dict]:
+  """{split: {"rejected": {reason: n}, "flagged": {code: n}, "hand_cropped": n}} from `counter_totals`.
+
+  Only the image stage's decisions: label-stage rejects have no split. A
+  flagged image counts once under each of its codes.
+  """
+  out: dict[str, dict] = {}
+  for name, n in sorted(totals.items()):
+    if not name.startswith(_SPLIT_COUNTER_PREFIX) or not n:
+      continue
+    split, rest = name[len(_SPLIT_COUNTER_PREFIX):].split("_", 1)
+    entry = out.setdefault(split, {REJECTED: {}, FLAGGED: {}, HAND_CROPPED: 0})
+    if rest == HAND_CROPPED:
+      entry[HAND_CROPPED] += n
+    else:
+      kind, code = rest.split("_", 1)
+      entry[kind][code] = entry[kind].get(code, 0) + n
+  return out

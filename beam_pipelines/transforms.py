@@ -44,6 +44,9 @@ class PreparedImage:
       cropped: `transform` maps onto it), only with keep_original.
     quality_flags: The gate's decisions on this image, as (code, detail)
       pairs (`bone_age.quality.QualityFlag`); empty when nothing was noticed.
+    decoded_hw: (height, width) of the decoded radiograph, before the hand crop.
+    crop_box: The hand crop (`bone_age.hand_crop.CropBox`) in the gated
+      radiograph's pixels; None when the image was not cropped.
   """
   id: str
   source: str
@@ -52,6 +55,8 @@ class PreparedImage:
   patient: imaging.PatientInfo | None
   original: np.ndarray | None = None
   quality_flags: tuple = ()
+  decoded_hw: tuple = ()
+  crop_box: object | None = None
 
 
 class DecodeLetterboxFn(beam.DoFn):
@@ -86,9 +91,9 @@ class DecodeLetterboxFn(beam.DoFn):
     try:
       radiograph = imaging.decode_radiograph(data, source, max_pixels=self._max_pixels)
       gated = quality.apply_gate(radiograph, source, self._quality_gate)
-      pixels = gated.pixels
+      pixels, crop_box = gated.pixels, None
       if self._quality_gate != quality.OFF:
-        pixels, _ = self._crop(pixels, gated.hand)
+        pixels, crop_box = self._crop(pixels, gated.hand)
       square, transform = self._letterbox(pixels, self._size_px)
     except errors.InputError as e:
       yield rejects.reject(e, example_id)
@@ -110,7 +115,9 @@ class DecodeLetterboxFn(beam.DoFn):
         transform=transform,
         patient=radiograph.patient,
         original=np.ascontiguousarray(pixels) if self._keep_original else None,
-        quality_flags=tuple((f.code, f.detail) for f in gated.flags))
+        quality_flags=tuple((f.code, f.detail) for f in gated.flags),
+        decoded_hw=tuple(radiograph.pixels.shape[:2]),
+        crop_box=crop_box)
 
 
 def read_bytes(path: str) -> bytes:

@@ -34,10 +34,16 @@ _PART_MIN_SHARE = 0.15
 # Largest component filling more than this share of its bounding box: a
 # film base or frame rectangle, thresholded once more inside.
 _RECTANGLE_FILL = 0.9
-MARGIN_FRACTION = 0.08  # of the hand box's side, added on every side
+# Of the hand box's side, added on every side. Small: the box is the
+# soft-tissue outline, already outside the bones, and a full-frame hand
+# meets the film's edges with little or no background around it.
+MARGIN_FRACTION = 0.03
 # Crop only when the hand box (with margin) covers less than this share of
-# the image area: a hand that nearly fills the frame is left as it is.
-MAX_CROP_AREA_FRACTION = 0.6
+# the image area. A radiograph whose hand fills the frame (the usual case,
+# and the training images) keeps its framing; a hand shrunk to even four
+# fifths of the frame is cropped, so it reaches the letterbox at the scale
+# of a full-frame hand rather than in between.
+MAX_CROP_AREA_FRACTION = 0.85
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ Policy (`--quality_gate`):
 |-----------------------------------------|----------|----------------|------|
 | degenerate (tiny, blank, absurd aspect) | reject   | reject         | -    |
 | DICOM modality / body part not a hand   | reject   | flag           | -    |
-| right hand (DICOM laterality tag R)     | mirror + flag | mirror + flag | - |
+| right hand (laterality tag R, or no tag and the thumb on the left) | mirror + flag | mirror + flag | - |
 | inverted polarity (PNG / JPEG only)     | invert + flag | invert + flag | - |
 | content not hand-like / partial / rotated | reject | flag           | -    |
 | hand box under a quarter of the image   | crop + flag | crop + flag | -    |
@@ -35,6 +35,7 @@ import numpy as np
 
 from bone_age import errors
 from bone_age import hand_crop
+from bone_age import hand_laterality
 
 STRICT, FLAG, OFF = "strict", "flag", "off"
 POLICIES = (STRICT, FLAG, OFF)
@@ -87,6 +88,12 @@ MIN_FOREARM_CONTACT = 0.2
 ORIENTATION_MARGIN = 0.15
 # Polarity: an inverted export's commonest grey (its background) is bright.
 MIN_INVERTED_BACKGROUND = 160
+# The palm is the hand's widest solid part: its inscribed circle's radius over
+# the outline box's long side. Digits cut off above the palm are far narrower.
+MIN_PALM_RADIUS = 0.14
+# `hand_laterality.thumb_side_score` below this: a right hand, mirrored. Far
+# below where any real left hand of the README's sample scores.
+RIGHT_HAND_SCORE = -0.12
 SMALL_HAND_AREA_FRACTION = 0.25  # hand box below this share of the image -> SMALL_HAND
 # Blurred-copy residual energy over total variance: noise and text score high, radiographs low.
 MAX_TEXTURE_RATIO = 2.0
@@ -115,6 +122,7 @@ class Measurements:
   texture_ratio: float
   found_hand: bool
   background_level: int = 0  # the commonest grey of the analysis copy
+  palm_radius: float = 0.0  # the widest inscribed circle's radius over the box's long side
 
 
 def check_degenerate(pixels: np.ndarray, source: str) -> None:
@@ -192,11 +200,13 @@ def measure(pixels: np.ndarray, found: hand_crop.HandMask | None) -> Measurement
   cols = np.flatnonzero(mask.any(axis=0))
   box_area = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
   concavity, solidity = _outline(found.largest)
+  inside_px = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)
   return Measurements(
       centre_minus_border=contrast, deepest_concavity=concavity, solidity=solidity,
       bottom_runs=_runs(bottom_line), bottom_contact=float(bottom_line.mean()),
       max_side_contact=float(max(s.mean() for s in sides)), hand_area_fraction=float(box_area / mask.size),
-      texture_ratio=texture, found_hand=True, background_level=background)
+      texture_ratio=texture, found_hand=True, background_level=background,
+      palm_radius=float(inside_px.max() / max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
 
 
 def check_dicom_tags(acquisition, source: str, policy: str) -> list[QualityFlag]:
@@ -234,6 +244,9 @@ def _content_problems(m: Measurements) -> list[tuple[str, str]]:
   elif m.bottom_runs > MAX_BOTTOM_RUNS:
     problems.append((PARTIAL_HAND, f"{m.bottom_runs} separate parts cross the bottom edge (digits cut off, "
                                    "wrist missing)"))
+  elif m.palm_radius < MIN_PALM_RADIUS:
+    problems.append((PARTIAL_HAND, f"no palm: the largest circle inside has a radius of {m.palm_radius:.2f} of the "
+                                   f"outline's size (hands with a palm >= {MIN_PALM_RADIUS}; digits are narrower)"))
   return problems
 
 
@@ -276,12 +289,15 @@ def apply_gate(radiograph, source: str, policy: str = DEFAULT_POLICY) -> GateRes
                                                 f"background grey {m.background_level}; inverted"))
     found = hand_crop.hand_mask(pixels)
     m = measure(pixels, found)
-  # Right hands are recognised by the DICOM laterality tag only: no image
-  # measurement tried here (thumb side from the outline's asymmetry or its
-  # deepest concavity) separated left from right on the real radiographs
-  # without mirroring some real left hands.
+  # A laterality tag is the acquisition's own statement and wins; without one,
+  # only a clear thumb web on the image's left counts as a right hand.
   laterality = radiograph.acquisition.laterality if is_dicom else None
   mirror_reason = "the DICOM laterality tag says R" if laterality == "R" else None
+  if laterality in (None, "U") and found is not None:
+    score = hand_laterality.thumb_side_score(found.largest)
+    if score < RIGHT_HAND_SCORE:
+      mirror_reason = (f"the thumb web is on the image's left, {-score:.2f} of the hand's size below the other "
+                       "valleys (a right hand)")
   if mirror_reason:
     pixels = np.ascontiguousarray(pixels[:, ::-1])
     flags.append(QualityFlag(MIRRORED_RIGHT_HAND, f"{mirror_reason}; mirrored to a left hand"))

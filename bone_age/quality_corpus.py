@@ -11,11 +11,13 @@ scripts/quality_table.py both draw from here.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import io
 
 import cv2
 import numpy as np
 
+from bone_age import dicom_writer
 from bone_age import phantoms
 
 # What the gate should do with an input.
@@ -41,34 +43,20 @@ def png(pixels: np.ndarray) -> bytes:
 
 def dicom(pixels: np.ndarray, *, modality: str = "DX", body_part: str | None = "HAND",
           laterality: str | None = None) -> bytes:
-  """An uncompressed 8-bit MONOCHROME2 DICOM with the given acquisition tags."""
+  """An uncompressed 8-bit MONOCHROME2 DICOM (`dicom_writer`) with the given acquisition tags."""
   import pydicom  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
-  from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # pylint: disable=g-import-not-at-top
 
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-  meta.MediaStorageSOPInstanceUID = generate_uid()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = pydicom.Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = meta.MediaStorageSOPClassUID
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  data = dicom_writer.encode_dicom(np.ascontiguousarray(pixels, dtype=np.uint8), sex="M",
+                                   birth_date=datetime.date(2010, 1, 15), study_date=datetime.date(2020, 7, 15))
+  # The writer makes hand Secondary Captures; the corpus needs other acquisitions too.
+  ds = pydicom.dcmread(io.BytesIO(data))
   ds.Modality = modality
-  if body_part is not None:
+  if body_part is None:
+    del ds.BodyPartExamined
+  else:
     ds.BodyPartExamined = body_part
   if laterality is not None:
     ds.ImageLaterality = laterality
-  ds.PatientSex = "M"
-  ds.StudyDate = "20200715"
-  ds.PatientBirthDate = "20100115"
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel = 1
-  ds.PhotometricInterpretation = "MONOCHROME2"
-  ds.BitsAllocated = ds.BitsStored = 8
-  ds.HighBit = 7
-  ds.PixelRepresentation = 0
-  ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
   out = io.BytesIO()
   ds.save_as(out, enforce_file_format=True)
   return out.getvalue()

@@ -7,7 +7,10 @@ Every image goes through the scorer's own steps (decode, quality gate,
 optional hand crop, letterbox) and the export's model; the script prints
 the MAE per scale and the ratio of the 30-100% MAE to the full-scale MAE.
 
-  python scripts/hand_crop_mae.py --model_dir=demo_output/model --num_phantoms=64
+  python scripts/hand_crop_mae.py --model_dir=demo_output/model --num_phantoms=48 --seed=8
+
+The crop's settings were chosen on --seed=7; the README reports --seed=8 and
+--seed=9, drawn only to report. Choose settings on 7, never on 8 or 9.
 """
 
 import argparse
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model_dir", required=True)
   parser.add_argument("--num_phantoms", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=7)
+  parser.add_argument("--seed", type=int, default=8, help="phantom seed: 7 chose the crop settings, 8 and 9 report")
   parser.add_argument("--scales", default="1.0,0.8,0.6,0.45,0.3")
   args = parser.parse_args(argv)
 

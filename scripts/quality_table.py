@@ -8,6 +8,10 @@ real radiographs the share passed with no reject and no flag. Every input
 runs the scorer's and the builder's own path: decode, then the gate.
 
   python scripts/quality_table.py --policy=strict --real_dir=<folder of real radiographs, e.g. the RSNA sample images>
+
+The gate's thresholds were set on the corpus of --seed=1 and --seed=2 (and
+the real sample, which every threshold must pass); the README's table uses
+--seed=3 (the default), drawn only to report. Tune on 1 or 2, never on 3.
 """
 
 import argparse
@@ -19,6 +23,9 @@ from bone_age import errors
 from bone_age import imaging
 from bone_age import quality
 from bone_age import quality_corpus
+
+TUNING_SEEDS = (1, 2)
+REPORT_SEED = 3
 
 
 def judge(case: quality_corpus.Case, policy: str, verbose: bool = False) -> tuple[str, str]:
@@ -39,7 +46,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--policy", default=quality.STRICT, choices=quality.POLICIES)
   parser.add_argument("--num_phantoms", type=int, default=40, help="phantoms per variant")
-  parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--seed", type=int, default=REPORT_SEED,
+                      help=f"corpus seed: {TUNING_SEEDS} set the thresholds, {REPORT_SEED} is kept for reporting")
   parser.add_argument("--real_dir", default=None, help="folder of real left-hand PNG radiographs (all must pass)")
   parser.add_argument("--verbose", action="store_true", help="print every input's outcome")
   args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from apache_beam.testing import util
 
 from bone_age import quality
 from bone_age import quality_corpus as qc
+from bone_age import schema
 from beam_pipelines import examples
 from beam_pipelines import rejects
 
@@ -62,3 +63,38 @@ def test_flag_policy_still_keeps_degenerate_images_out(tmp_path):
                rejects.REJECTS_TAG, main=examples.EXAMPLES_TAG))
     util.assert_that(out[examples.EXAMPLES_TAG] | "Ids" >> beam.combiners.ToList() | "SortIds" >> beam.Map(_ids),
                      util.equal_to([["chest", "good", "inverted"]]))
+
+
+def test_counts_of_flags_rejects_and_crops_per_split(tmp_path):
+  """The builder's metadata counts come from these counters: each image decision under its split."""
+  records = _records(tmp_path / "images")
+  small = tmp_path / "images" / "small.png"
+  small.write_bytes(qc.png(qc.on_large_canvas(qc.phantom(10_003), 0.3, 3)))
+  records.append(examples.ImageRecord("small", str(small), 100.0, True, 0, "test"))
+  p = test_pipeline.TestPipeline()
+  _ = (p | beam.Create(records)
+       | beam.ParDo(examples.RecordToExampleFn(64, quality_gate=quality.FLAG)).with_outputs(
+           rejects.REJECTS_TAG, main=examples.EXAMPLES_TAG))
+  result = p.run()
+  result.wait_until_finish()
+  by_split = examples.quality_by_split(examples.counter_totals(result))
+  # train: good, white, strip; validation: inverted, transparent, chest; test: black, dot, small.
+  assert by_split["train"]["rejected"] == {quality.BLANK_IMAGE: 1, quality.ABSURD_ASPECT_RATIO: 1}
+  assert by_split["validation"]["rejected"] == {quality.BLANK_IMAGE: 1}
+  assert by_split["test"]["rejected"] == {quality.BLANK_IMAGE: 1, quality.IMAGE_TOO_SMALL: 1}
+  assert by_split["validation"]["flagged"][quality.INVERTED_POLARITY] == 1
+  assert by_split["validation"]["flagged"][quality.NOT_HAND_LIKE] == 1  # the chest, let through under flag
+  assert by_split["test"]["flagged"] == {quality.SMALL_HAND: 1}
+  assert by_split["test"]["hand_cropped"] == 1
+  assert quality.SMALL_HAND not in by_split["train"]["flagged"]
+
+
+def test_original_size_is_the_decoded_size_before_the_hand_crop(tmp_path):
+  path = tmp_path / "small.png"
+  path.write_bytes(qc.png(qc.on_large_canvas(qc.phantom(10_003), 0.3, 3)))  # 1600x1300 canvas
+  fn = examples.RecordToExampleFn(64, quality_gate=quality.FLAG)
+  fn.setup()
+  ((split, (example_id, example)),) = list(fn.process(examples.ImageRecord("small", str(path), 100.0, True, 0,
+                                                                             "train")))
+  assert (split, example_id) == ("train", "small")
+  assert (example[schema.ORIGINAL_HEIGHT_PX], example[schema.ORIGINAL_WIDTH_PX]) == (1600, 1300)

@@ -26,7 +26,10 @@ def _check_prepared(prepared):
   assert [p.id for p in prepared] == ["good"]
   p = prepared[0]
   assert p.image.shape == (32, 32) and p.image.dtype == np.uint8
-  assert (p.transform.source_height_px, p.transform.source_width_px) == (60, 40)
+  assert p.decoded_hw == (60, 40)
+  # The letterbox maps onto what it received: the hand crop when there is one.
+  source_hw = (60, 40) if p.crop_box is None else (p.crop_box.height_px, p.crop_box.width_px)
+  assert (p.transform.source_height_px, p.transform.source_width_px) == source_hw
   assert p.patient is None and p.original is None
 
 

@@ -138,6 +138,12 @@ def test_generic_layout_reads_dicom_with_and_without_extension_and_jpeg(tmp_path
   assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
       "train": 8, "validation": 2, "test": 2}
   _check_edges(builder, examples)
+  by_split = builder.info.metadata["quality_by_split"]
+  assert sorted(by_split) == ["test", "train", "validation"]
+  for split, counts in by_split.items():
+    assert counts["rejected"] == {}
+    # These blocks are no hand: the default gate (flag) lets each through with its flag, counted in its split.
+    assert counts["flagged"]["not_hand_like"] == builder.info.splits[split].num_examples
 
 
 def test_layout_detection_errors_are_clear(tmp_path):
@@ -205,3 +211,4 @@ def test_rejected_counts_fall_back_to_the_rejects_file_without_beam_metrics(tmp_
     builder, examples = _build(manual, tmp_path / "out")
   assert len(examples) == 10
   assert builder.info.metadata["rejected"] == {"invalid_label": 1, "unknown_sex": 1}
+  assert builder.info.metadata["quality_by_split"] is None  # only the counters hold the gate's decisions

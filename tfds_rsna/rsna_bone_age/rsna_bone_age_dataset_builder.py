@@ -8,7 +8,9 @@ of the TRAINING labels, stored in the metadata so trainer and scorer use
 exactly the same groups), joins the labels with the image files by id
 (`labeled_images`) and decodes, validates and letterboxes every image. Every
 refused input is listed in `rejects.jsonl` beside the dataset files and
-counted per reason in `info.metadata["rejected"]`.
+counted per reason in `info.metadata["rejected"]`; the quality gate's
+decisions per split (image rejects by reason, flags by code, hand crops) are
+in `info.metadata["quality_by_split"]`.
 """
 
 import dataclasses
@@ -172,9 +174,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     except Exception as e:  # pylint: disable=broad-except
       # Some runners cannot query metrics; the rejects file has the same facts.
       logging.warning("Beam counters unavailable (%r); counting %s instead", e, REJECTS_FILE)
-      totals, rejected_counts = {}, self._count_rejects_file()
+      totals, rejected_counts = None, self._count_rejects_file()
     self.info.metadata["rejected"] = rejected_counts
+    # The gate's decisions per split: image rejects by reason, flags by code
+    # and hand crops. Only the counters hold them: null when the runner has none.
+    by_split = None if totals is None else examples_lib.quality_by_split(totals)
+    totals = totals or {}
     written = {k[len("examples_"):]: v for k, v in sorted(totals.items()) if k.startswith("examples_")}
+    if by_split is not None:
+      for split in written:
+        by_split.setdefault(split, {"rejected": {}, "flagged": {}, "hand_cropped": 0})
+    self.info.metadata["quality_by_split"] = by_split
     self.info.metadata["written_by_counter"] = written
     read = self.info.metadata.get("rows_read", 0)
     rejected = sum(self.info.metadata["rejected"].values())
