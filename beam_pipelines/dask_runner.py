@@ -32,7 +32,9 @@ when the job ends; a worker process started with glibc's malloc thresholds
 pinned (Dask's nanny does so) gets them unpinned before its first DoFn runs.
 A partition is a list only where several tasks read it
 (a ParDo with several outputs or consumers) and at a boundary; the partition
-size bounds both. Bounded reads (`ReadFromText`) and `Impulse` are
+size bounds both. Every task costs the worker CPU of its own, so partitions
+are large by default, and a shuffle's output (or a Flatten of computed
+PCollections) is read by later stages where it lies, with no task to copy it. Bounded reads (`ReadFromText`) and `Impulse` are
 translated too. Use it as `--runner=DaskRunner` through
 `beam_pipelines.runners`, or as `--runner=beam_pipelines.dask_runner.DaskRunner`.
 """
