@@ -22,9 +22,10 @@ it is cut into partitions of at most `--dask_partition_size` elements (at
 least `--dask_npartitions` partitions, by default four per worker thread):
 by position for a Reshuffle, dealt round-robin over the workers' threads;
 by a hash of the key's deterministic Beam encoding for a GroupByKey (counted
-and split once per worker, where its partitions lie), its non-empty buckets
-dealt largest first to the least loaded thread (loose restrictions: dask may
-still move work to an idle worker). Between
+and split once per worker, where its partitions lie) into several buckets
+per partition, the buckets packed largest first into the emptiest partition
+and the partitions dealt the same way to the least loaded thread (loose
+restrictions: dask may still move work to an idle worker). Between
 boundaries, ParDos are read-once streams that dask fuses into one task per
 partition, so elements flow through them one by one; each worker process
 keeps its set-up DoFn instances for the next partition and tears them down
@@ -61,6 +62,10 @@ from apache_beam.runners.dask import transform_evaluator as te
 DEFAULT_PARTITION_SIZE = 64
 _READ_BUNDLE_BYTES = 64 << 20  # a bounded source (ReadFromText) is split into bundles of about this size
 _PARTITIONS_PER_THREAD = 4
+# A GroupByKey hashes keys into this many buckets per output partition and packs
+# them: few keys with many values each (an archive's read chunks) still fill
+# the partitions evenly.
+_BUCKETS_PER_PARTITION = 4
 
 # glibc mallopt parameters, and the largest values glibc's own dynamic thresholds reach on 64-bit.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -283,6 +288,17 @@ def _group_bucket(*buckets):
   return list(groups.values())
 
 
+def _largest_first(sizes: list[int], num_bins: int) -> list[tuple[int, int]]:
+  """(item, bin) for each non-empty item: largest first, to the least loaded of num_bins bins."""
+  loads = [0] * num_bins
+  dealt = []
+  for j in sorted((j for j, n in enumerate(sizes) if n), key=lambda j: -sizes[j]):
+    slot = min(range(num_bins), key=lambda k: loads[k])
+    loads[slot] += sizes[j]
+    dealt.append((j, slot))
+  return sorted(dealt)
+
+
 class _ListIterator:
   """A side input's values, computed once on the cluster and shipped with each task."""
 
@@ -444,9 +460,10 @@ class _Visitor(beam.pipeline.PipelineVisitor):
   def group_by_key(self, bag, label: str):
     """A persisted bag of (key, value) -> (key, [values]) partitions, by key hash, balanced over workers.
 
-    Keys are hashed into buckets; the non-empty buckets are then dealt
-    largest first to the least loaded worker thread, so a handful of keys
-    (an archive's read chunks) still splits evenly.
+    Keys are hashed into several buckets per output partition; the non-empty
+    buckets are packed largest first into the emptiest partition, and the
+    partitions dealt the same way to the least loaded worker thread, so a
+    handful of keys (an archive's read chunks) still splits evenly.
     """
     parts_by_worker = self._by_worker(self._partition_futures(bag))
     # Counted and split where the partitions lie, one task per worker: per input
@@ -457,17 +474,22 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     total = sum(self.client.gather(totals))
     if not total:
       return self._empty()
-    num_buckets = self._num_partitions(total)
+    num_out = self._num_partitions(total)
+    num_buckets = _BUCKETS_PER_PARTITION * num_out
     split = [self.client.submit(_split_by_key, num_buckets, *parts, key=f"split-{label}-{i}-{token}", **placed)
              for i, (placed, parts) in enumerate(parts_by_worker)]
     per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [worker's split][bucket] -> count
     sizes = [sum(per_part) for per_part in zip(*per_split)]
+    packed = collections.defaultdict(list)  # output partition -> its buckets
+    for j, out in _largest_first(sizes, num_out):
+      packed[out].append(j)
+    packed = list(packed.values())
     name = f"group-{label}-{token}"
     outs = []
-    for j, slot in self._deal(sizes):
+    for p, slot in _largest_first([sum(sizes[j] for j in js) for js in packed], max(1, len(self.slots))):
       # Only the (split, bucket) pieces that hold elements become tasks.
       buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}")
-                 for i, s in enumerate(split) if per_split[i][j]]
+                 for j in packed[p] for i, s in enumerate(split) if per_split[i][j]]
       outs.append(self.client.submit(_group_bucket, *buckets, key=(name, len(outs)), **self._placed(slot)))
     return self._computed_bag(name, outs)
 
@@ -482,16 +504,6 @@ class _Visitor(beam.pipeline.PipelineVisitor):
       grouped[min(holders.get(part.key) or [""])].append(part)
     return [({"workers": [worker], "allow_other_workers": True} if worker else {}, grouped[worker])
             for worker in sorted(grouped)]
-
-  def _deal(self, sizes: list[int]) -> list[tuple[int, int]]:
-    """(bucket, worker slot) for each non-empty bucket: largest first, to the least loaded slot."""
-    loads = [0] * max(1, len(self.slots))
-    dealt = []
-    for j in sorted((j for j, n in enumerate(sizes) if n), key=lambda j: -sizes[j]):
-      slot = min(range(len(loads)), key=lambda k: loads[k])
-      loads[slot] += sizes[j]
-      dealt.append((j, slot))
-    return sorted(dealt)
 
   # -- translation --------------------------------------------------------------------------------
 
