@@ -19,12 +19,13 @@ rest. `Reshuffle`, `GroupByKey` and side inputs are stage boundaries: every
 PCollection a later transform reads is persisted on the cluster first, in
 one computation (so nothing upstream runs twice), the input is counted, and
 it is cut into partitions of at most `--dask_partition_size` elements (at
-least `--dask_npartitions` partitions, by default two per worker thread):
+least `--dask_npartitions` partitions, by default four per worker thread):
 by position for a Reshuffle, dealt round-robin over the workers' threads;
 by a hash of the key's deterministic Beam encoding for a GroupByKey (counted
-and split once per worker, where its partitions lie), its non-empty buckets
-dealt largest first to the least loaded thread (loose restrictions: dask may
-still move work to an idle worker). Between
+and split once per worker, where its partitions lie) into several buckets
+per partition, the buckets packed largest first into the emptiest partition
+and the partitions dealt the same way to the least loaded thread (loose
+restrictions: dask may still move work to an idle worker). Between
 boundaries, ParDos are read-once streams that dask fuses into one task per
 partition, so elements flow through them one by one; each worker process
 keeps its set-up DoFn instances for the next partition and tears them down
@@ -32,7 +33,9 @@ when the job ends; a worker process started with glibc's malloc thresholds
 pinned (Dask's nanny does so) gets them unpinned before its first DoFn runs.
 A partition is a list only where several tasks read it
 (a ParDo with several outputs or consumers) and at a boundary; the partition
-size bounds both. Bounded reads (`ReadFromText`) and `Impulse` are
+size bounds both. Every task costs the worker CPU of its own, so partitions
+are large by default, and a shuffle's output (or a Flatten of computed
+PCollections) is read by later stages where it lies, with no task to copy it. Bounded reads (`ReadFromText`) and `Impulse` are
 translated too. Use it as `--runner=DaskRunner` through
 `beam_pipelines.runners`, or as `--runner=beam_pipelines.dask_runner.DaskRunner`.
 """
@@ -56,9 +59,13 @@ from apache_beam.runners.dask import dask_runner
 from apache_beam.runners.dask import overrides
 from apache_beam.runners.dask import transform_evaluator as te
 
-DEFAULT_PARTITION_SIZE = 16
+DEFAULT_PARTITION_SIZE = 64
 _READ_BUNDLE_BYTES = 64 << 20  # a bounded source (ReadFromText) is split into bundles of about this size
-_PARTITIONS_PER_THREAD = 2
+_PARTITIONS_PER_THREAD = 4
+# A GroupByKey hashes keys into this many buckets per output partition and packs
+# them: few keys with many values each (an archive's read chunks) still fill
+# the partitions evenly.
+_BUCKETS_PER_PARTITION = 4
 
 # glibc mallopt parameters, and the largest values glibc's own dynamic thresholds reach on 64-bit.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -281,6 +288,17 @@ def _group_bucket(*buckets):
   return list(groups.values())
 
 
+def _largest_first(sizes: list[int], num_bins: int) -> list[tuple[int, int]]:
+  """(item, bin) for each non-empty item: largest first, to the least loaded of num_bins bins."""
+  loads = [0] * num_bins
+  dealt = []
+  for j in sorted((j for j, n in enumerate(sizes) if n), key=lambda j: -sizes[j]):
+    slot = min(range(num_bins), key=lambda k: loads[k])
+    loads[slot] += sizes[j]
+    dealt.append((j, slot))
+  return sorted(dealt)
+
+
 class _ListIterator:
   """A side input's values, computed once on the cluster and shipped with each task."""
 
@@ -319,6 +337,9 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     self.min_partitions = min_partitions
     self.bags = collections.OrderedDict()  # AppliedPTransform -> raw output bag
     self.pcoll_bags = {}  # PCollection -> its persisted bag, once a stage boundary has passed
+    # Bag name -> the futures holding its partitions (lists), in order: bags
+    # computed already, which are read as they are instead of copied by a task.
+    self.computed = {}
     self.visited = set()
     self.persisted_sinks = set()
     # Futures the graph names by key only (from_delayed keeps no Future): held
@@ -340,8 +361,15 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     pcolls = [pcoll for node in self.bags for pcoll in node.outputs.values()
               if pcoll not in self.pcoll_bags and self.consumers.get(pcoll, set()) - self.visited]
     sinks = [node for node in self.bags if node not in self.persisted_sinks and self._is_sink(node)]
-    todo = [(pcoll, self._input_bag(pcoll)) for pcoll in pcolls]
-    todo = [(pcoll, bag.map_partitions(_as_list)) for pcoll, bag in todo if bag is not None]
+    todo = []
+    for pcoll in pcolls:
+      bag = self._input_bag(pcoll)
+      if bag is None:
+        continue
+      if bag.name in self.computed:
+        self.pcoll_bags[pcoll] = bag  # a shuffle's output, or a Flatten of computed bags: nothing to run
+      else:
+        todo.append((pcoll, bag.map_partitions(_as_list)))
     todo += [(node, self._sink_bag(node)) for node in sinks]
     if not todo:
       return
@@ -349,6 +377,7 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     for (what, _), bag in zip(todo, persisted):
       if isinstance(what, pvalue.PCollection):
         self.pcoll_bags[what] = bag
+        self.computed[bag.name] = self._partition_futures(bag)
       else:
         self.bags[what] = bag
         self.persisted_sinks.add(what)
@@ -363,9 +392,11 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     bag = self.bags[node]
     return bag if node in self.persisted_sinks else bag.map_partitions(_drain_sink)
 
-  def _partition_futures(self, bag):
+  def _partition_futures(self, bag) -> list:
     import distributed  # pylint: disable=g-import-not-at-top
 
+    if bag.name in self.computed:
+      return self.computed[bag.name]
     by_key = {f.key: f for f in distributed.futures_of(bag)}
     return [by_key[k] for k in bag.__dask_keys__()]
 
@@ -383,10 +414,27 @@ class _Visitor(beam.pipeline.PipelineVisitor):
 
     return db.from_sequence([], npartitions=1)
 
-  def reshuffle(self, bag, label: str):
-    """A persisted bag -> a bag of evenly filled partitions of bounded size, spread over workers."""
+  def _computed_bag(self, name: str, futures: list):
+    """A bag whose partitions are `futures` (lists, keyed (name, index)): read where they lie, no task of its own."""
+    import dask.bag as db  # pylint: disable=g-import-not-at-top
+    from dask.highlevelgraph import HighLevelGraph  # pylint: disable=g-import-not-at-top
+
+    self.held.extend(futures)
+    self.computed[name] = list(futures)
+    graph = HighLevelGraph.from_collections(name, {(name, i): f for i, f in enumerate(futures)}, dependencies=())
+    return db.Bag(graph, name, len(futures))
+
+  def _flatten(self, bags):
+    """Beam's Flatten; of computed bags, a computed bag (its partitions are theirs, nothing runs)."""
     import dask.bag as db  # pylint: disable=g-import-not-at-top
 
+    flat = db.concat(bags)
+    if bags and all(b.name in self.computed for b in bags):
+      self.computed[flat.name] = [f for b in bags for f in self.computed[b.name]]
+    return flat
+
+  def reshuffle(self, bag, label: str):
+    """A persisted bag -> a bag of evenly filled partitions of bounded size, spread over workers."""
     parts = self._partition_futures(bag)
     counts = self.client.gather(self.client.map(len, parts, pure=False))
     total = sum(counts)
@@ -396,7 +444,7 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     starts = [0]
     for count in counts:
       starts.append(starts[-1] + count)
-    token = uuid.uuid4().hex
+    name = f"reshuffle-{label}-{uuid.uuid4().hex}"
     outs = []
     for j in range(num_out):
       lo, hi = j * total // num_out, (j + 1) * total // num_out
@@ -406,20 +454,17 @@ class _Visitor(beam.pipeline.PipelineVisitor):
         if s < e:
           pieces.append((len(deps), s - starts[i], e - starts[i]))
           deps.append(parts[i])
-      outs.append(self.client.submit(_take_slices, pieces, *deps, key=f"reshuffle-{label}-{j}-{token}",
-                                     **self._placed(j)))
-    self.held.extend(outs)
-    return db.from_delayed(outs)
+      outs.append(self.client.submit(_take_slices, pieces, *deps, key=(name, j), **self._placed(j)))
+    return self._computed_bag(name, outs)
 
   def group_by_key(self, bag, label: str):
     """A persisted bag of (key, value) -> (key, [values]) partitions, by key hash, balanced over workers.
 
-    Keys are hashed into buckets; the non-empty buckets are then dealt
-    largest first to the least loaded worker thread, so a handful of keys
-    (an archive's read chunks) still splits evenly.
+    Keys are hashed into several buckets per output partition; the non-empty
+    buckets are packed largest first into the emptiest partition, and the
+    partitions dealt the same way to the least loaded worker thread, so a
+    handful of keys (an archive's read chunks) still splits evenly.
     """
-    import dask.bag as db  # pylint: disable=g-import-not-at-top
-
     parts_by_worker = self._by_worker(self._partition_futures(bag))
     # Counted and split where the partitions lie, one task per worker: per input
     # partition, the (partition, bucket) pieces would grow with partitions x buckets.
@@ -429,19 +474,24 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     total = sum(self.client.gather(totals))
     if not total:
       return self._empty()
-    num_buckets = self._num_partitions(total)
+    num_out = self._num_partitions(total)
+    num_buckets = _BUCKETS_PER_PARTITION * num_out
     split = [self.client.submit(_split_by_key, num_buckets, *parts, key=f"split-{label}-{i}-{token}", **placed)
              for i, (placed, parts) in enumerate(parts_by_worker)]
     per_split = self.client.gather(self.client.map(_bucket_sizes, split))  # [worker's split][bucket] -> count
     sizes = [sum(per_part) for per_part in zip(*per_split)]
+    packed = collections.defaultdict(list)  # output partition -> its buckets
+    for j, out in _largest_first(sizes, num_out):
+      packed[out].append(j)
+    packed = list(packed.values())
+    name = f"group-{label}-{token}"
     outs = []
-    for j, slot in self._deal(sizes):
+    for p, slot in _largest_first([sum(sizes[j] for j in js) for js in packed], max(1, len(self.slots))):
       # Only the (split, bucket) pieces that hold elements become tasks.
       buckets = [self.client.submit(_bucket, s, j, key=f"bucket-{label}-{i}-{j}-{token}")
-                 for i, s in enumerate(split) if per_split[i][j]]
-      outs.append(self.client.submit(_group_bucket, *buckets, key=f"group-{label}-{j}-{token}", **self._placed(slot)))
-    self.held.extend(outs)
-    return db.from_delayed(outs)
+                 for j in packed[p] for i, s in enumerate(split) if per_split[i][j]]
+      outs.append(self.client.submit(_group_bucket, *buckets, key=(name, len(outs)), **self._placed(slot)))
+    return self._computed_bag(name, outs)
 
   def _by_worker(self, parts: list) -> list[tuple[dict, list]]:
     """Persisted partitions grouped by the worker holding them, with a (loose) restriction to that worker."""
@@ -454,16 +504,6 @@ class _Visitor(beam.pipeline.PipelineVisitor):
       grouped[min(holders.get(part.key) or [""])].append(part)
     return [({"workers": [worker], "allow_other_workers": True} if worker else {}, grouped[worker])
             for worker in sorted(grouped)]
-
-  def _deal(self, sizes: list[int]) -> list[tuple[int, int]]:
-    """(bucket, worker slot) for each non-empty bucket: largest first, to the least loaded slot."""
-    loads = [0] * max(1, len(self.slots))
-    dealt = []
-    for j in sorted((j for j, n in enumerate(sizes) if n), key=lambda j: -sizes[j]):
-      slot = min(range(len(loads)), key=lambda k: loads[k])
-      loads[slot] += sizes[j]
-      dealt.append((j, slot))
-    return sorted(dealt)
 
   # -- translation --------------------------------------------------------------------------------
 
@@ -536,12 +576,12 @@ class _Visitor(beam.pipeline.PipelineVisitor):
     else:
       op = te.TRANSLATIONS.get(transform.__class__, te.NoOp)(transform_node, bag_kwargs=self.bag_kwargs)
       if isinstance(op, te.Flatten):
-        bag = op.apply(inputs)
+        bag = self._flatten(inputs)
       else:
         bag = op.apply(inputs[0] if inputs else None)
       if isinstance(op, te.Create):
         bag = self._own(bag)
-    if bag is not None and self._num_readers(transform_node) > 1:
+    if bag is not None and bag.name not in self.computed and self._num_readers(transform_node) > 1:
       # A generator can be read once: a partition that several tasks read is a list.
       bag = bag.map_partitions(_as_list)
     self.bags[transform_node] = bag

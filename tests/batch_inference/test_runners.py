@@ -68,17 +68,22 @@ def test_dask_runner_on_a_local_cluster_matches_in_process(scored_in_process, ou
 
 ZIP_IMAGES = 400
 MAX_BUSIEST_SHARE = 0.65
-# Work done twice (every image decoded and scored by more than one worker) costs
-# 2x or more. Two busy processes on two shared cores (the test suite runs
-# beside other tests) also cost more CPU-seconds per image than one, so the
-# bound here sits between the two; benchmarks/bench_score_scale.py reports the
-# ratio on a quiet machine (the README compares it with the issue's 1.5x).
-MAX_CPU_OVER_DIRECT = 1.9
+# The issue's bound. Work done twice (every image decoded and scored by more
+# than one worker) costs 2x or more; two worker processes each loading and
+# tracing the model, and Dask's per-task cost, are what the margin below it
+# pays for.
+MAX_CPU_OVER_DIRECT = 1.5
 IMAGE_HEIGHT_PX, IMAGE_WIDTH_PX = 1040, 800
 MODEL_SIZE_PX = 192
 
-# Both sides import TensorFlow before their CPU is read: an interpreter and
-# its imports are a per-process cost, not work done on the images.
+# What each CPU figure holds. Both exclude the interpreter's start and the
+# imports of TensorFlow, Beam and this package (a per-process cost, paid once
+# per worker process whatever it scores); both include loading the model,
+# tracing it and all the work on the images. The DirectRunner figure is one
+# in-process FnApiRunner worker, so it also holds the launcher's own work
+# (building the pipeline, listing the zip, committing the run), which on Dask
+# runs in the launcher and is not counted. Dask's worker figure holds
+# everything its worker processes do while the job runs (tasks, heartbeats).
 _DIRECT_CHILD = """
 import resource, sys
 sys.path[:0] = {path!r}
@@ -93,8 +98,10 @@ print("CPU_S", end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime)
 
 
 def _process_cpu_s() -> float:
+  """This process's CPU seconds, after the imports the DirectRunner child makes before reading its own."""
   import psutil  # pylint: disable=g-import-not-at-top
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  import batch_inference.score  # pylint: disable=g-import-not-at-top,unused-import
   times = psutil.Process().cpu_times()
   return times.user + times.system
 
@@ -135,12 +142,15 @@ def test_one_zip_spreads_over_two_dask_worker_processes_without_extra_cpu(make, 
       n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
     with distributed.Client(cluster) as client:
       before = client.run(_process_cpu_s)
+      launcher_before = _process_cpu_s()
       summary = score.run(argv + [f"--output_dir={tmp_path / 'dask'}", "--runner=DaskRunner",
                                   f"--dask_client_address={cluster.scheduler_address}"])
+      launcher_cpu_s = _process_cpu_s() - launcher_before
       after = client.run(_process_cpu_s)
   dask_cpu_s = sum(after[w] - before[w] for w in after)
-  print(f"images per worker {summary['scored_per_worker']}; CPU s: Dask workers {dask_cpu_s:.1f}, "
-        f"one DirectRunner worker {direct_cpu_s:.1f} ({dask_cpu_s / direct_cpu_s:.2f}x)")
+  print(f"images per worker {summary['scored_per_worker']}; CPU s: Dask workers {dask_cpu_s:.1f} "
+        f"(launcher and scheduler {launcher_cpu_s:.1f}, not counted), one DirectRunner worker {direct_cpu_s:.1f} "
+        f"({dask_cpu_s / direct_cpu_s:.2f}x)")
 
   assert summary["scored"] == ZIP_IMAGES and summary["accounted"], summary
   per_worker = summary["scored_per_worker"]
