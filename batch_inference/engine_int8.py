@@ -87,7 +87,9 @@ def quantize(model, export_dir: str, images: np.ndarray, male: np.ndarray) -> st
   if not batches:
     raise ValueError(f"int8 calibration needs at least {CALIBRATION_BATCH_SIZE} images, got {len(images)}")
   float32_xml = engine_openvino.converted_model_path(model, export_dir)
-  key = f"{os.path.basename(os.path.dirname(float32_xml))}-int8-{_versions()}-{calibration_digest(images, male)[:16]}"
+  # The float32 entry's name already carries the export's digest and the OpenVINO version.
+  key = (f"{os.path.basename(os.path.dirname(float32_xml))}-int8-nncf{nncf.__version__}-"
+         f"{calibration_digest(images, male)[:16]}")
   final_dir = os.path.join(engine_openvino.cache_root(), key)
   xml_path = os.path.join(final_dir, engine_openvino.MODEL_XML)
   if os.path.exists(xml_path):
@@ -149,8 +151,14 @@ def accuracy_check(model, int8_xml: str, sets: dict[str, tuple[np.ndarray, np.nd
 
 
 def write_to_export(export_dir: str, int8_xml: str, check: dict) -> str:
-  """Copies the int8 model and its check into export_dir/openvino_int8/ (local or gs://); returns that dir."""
+  """Copies the int8 model and its check into export_dir/openvino_int8/ (local or gs://); returns that dir.
+
+  The check gains the sha256 of the export's weights, so an int8 model left
+  beside other weights is refused at load.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  check = {**check, "export_sha256": engine_openvino._export_digest(export_dir)}  # pylint: disable=protected-access
 
   target = os.path.join(export_dir, EXPORT_SUBDIR)
   tf.io.gfile.makedirs(target)
@@ -194,6 +202,10 @@ def load_from_export(export_dir: str) -> engine_openvino.OpenVINOEngine:
   if not check.get("passed"):
     raise ValueError(f"export {export_dir}: the int8 model's months differ from float32 beyond the tolerance "
                      f"({check.get('sets')}); score at float32")
+  digest = engine_openvino._export_digest(export_dir)  # pylint: disable=protected-access
+  if check.get("export_sha256") != digest:
+    raise ValueError(f"export {export_dir}: its int8 model was made from other weights (model.keras sha256 "
+                     f"{check.get('export_sha256')}, now {digest}); quantize again")
   folder = os.path.join(export_dir, EXPORT_SUBDIR)
   with tf.io.gfile.GFile(os.path.join(folder, engine_openvino.MODEL_XML), "rb") as f:
     xml_bytes = f.read()

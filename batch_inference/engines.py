@@ -142,10 +142,13 @@ def load_engine(model, export_dir: str, engine: str, precision: str, *, gpu_coun
   if precision == INT8:
     return engine_int8.load_from_export(export_dir)
   if precision == "auto":
-    check = engine_int8.read_check(export_dir)
-    if check is not None and check.get("passed"):
-      logging.info("OpenVINO engine at int8: the export's int8 check passed %s", check.get("sets"))
-      return engine_int8.load_from_export(export_dir)
+    if engine_int8.read_check(export_dir) is not None:
+      try:
+        engine = engine_int8.load_from_export(export_dir)
+        logging.info("OpenVINO engine at int8: the export's int8 check passed %s", engine.check.get("sets"))
+        return engine
+      except ValueError as e:  # a failed check or other weights: auto falls back
+        logging.info("not int8: %s", e)
     return engine_openvino.load_checked(model, export_dir)
   logging.info("OpenVINO engine at %s (asked for)", precision)
   return engine_openvino.OpenVINOEngine(engine_openvino.converted_model_path(model, export_dir), precision)

@@ -141,6 +141,24 @@ def test_int8_needs_a_quantized_export(tiny_export):
     engines.load_engine(model, str(tiny_export), "openvino", engines.INT8)
 
 
+@pytest.mark.skipif(not engines.openvino_installed(), reason="openvino not installed (pip install '.[openvino]')")
+def test_int8_model_of_other_weights_is_refused_and_auto_falls_back(tiny_export, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from batch_inference import engine_int8  # pylint: disable=g-import-not-at-top
+
+  export_dir = tmp_path / "export"
+  shutil.copytree(tiny_export, export_dir)
+  (export_dir / engine_int8.EXPORT_SUBDIR).mkdir()
+  # A passed check that names other weights than this export's model.keras (a model re-saved in place).
+  (export_dir / engine_int8.EXPORT_SUBDIR / engine_int8.CHECK_FILE).write_text(
+      json.dumps({"passed": True, "sets": {}, "export_sha256": "0" * 64}))
+  model, _ = export.load_export(str(export_dir))
+  with pytest.raises(ValueError, match="made from other weights"):
+    engines.load_engine(model, str(export_dir), "openvino", engines.INT8)
+  assert engines.load_engine(model, str(export_dir), "openvino", "auto").precision != engines.INT8
+
+
 def test_int8_with_tensorflow_is_a_usage_error(tiny_export, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     score.parse_args([f"--model_dir={tiny_export}", f"--inputs={tmp_path}", f"--output_dir={tmp_path}",
