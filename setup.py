@@ -50,12 +50,13 @@ EXTRAS_REQUIRE = {
     # jax: the backend-agnostic model test runs Keras on JAX; scikit-learn: the
     # kappa cross-check; gcp-storage-emulator: a local GCS for the gs:// tests;
     # psutil: per-process CPU and memory of Beam and Dask workers in the scale tests;
-    # openvino: the engine tests compare it with TensorFlow.
+    # openvino, nncf: the engine tests compare them (float32, int8) with TensorFlow.
     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "dill>=0.3", "pillow>=10", "jax>=0.4.30",
              "scikit-learn>=1.4", "gcp-storage-emulator>=2024.8", "psutil>=5.9",
-             "dicomweb-client>=0.61,<0.62", "openvino>=2026.4,<2027"],
-    # The scorer's CPU engine (batch_inference/engine_openvino.py); the default install runs TensorFlow alone.
-    "openvino": ["openvino>=2026.4,<2027"],
+             "dicomweb-client>=0.61,<0.62", "openvino>=2026.4,<2027", "nncf>=3.4,<4"],
+    # The scorer's CPU engine (batch_inference/engine_openvino.py) and its int8 quantization with NNCF
+    # (batch_inference/engine_int8.py); the default install runs TensorFlow alone.
+    "openvino": ["openvino>=2026.4,<2027", "nncf>=3.4,<4"],
     # Only for benchmarks/bench_engine.py's ONNX Runtime comparison.
     "onnx": ["onnxruntime>=1.20", "tf2onnx>=1.16", "onnx>=1.16"],
     "dask": ["apache-beam[dask]>=2.77,<2.78", "distributed>=2024.1"],

@@ -34,7 +34,8 @@ MAX_MEAN_ABS_DIFF_MONTHS = 0.5
 MAX_ABS_DIFF_MONTHS = 2.0
 CHECK_PHANTOMS = 16
 _OUTPUTS = ("boneage_months", "age_group", "features")
-_PRECISION_HINTS = {engines.FLOAT32: "f32", engines.BF16: "bf16"}
+# int8 models carry their own quantized operations; the rest of their graph runs float32.
+_PRECISION_HINTS = {engines.FLOAT32: "f32", engines.BF16: "bf16", engines.INT8: "f32"}
 
 
 def cache_root() -> str:
@@ -121,22 +122,29 @@ class OpenVINOEngine:
   """A converted model compiled for the CPU at one precision.
 
   Args:
-    xml_path: IR from `converted_model_path`.
-    precision: engines.FLOAT32 or engines.BF16 (OpenVINO's inference precision hint).
+    model: IR path from `converted_model_path` (or `engine_int8`), or an
+      already read openvino.Model.
+    precision: engines.FLOAT32 or engines.BF16 (OpenVINO's inference precision
+      hint), or engines.INT8 for a quantized model.
+    performance_hint: OpenVINO's PERFORMANCE_HINT ("LATENCY": one stream
+      uses every core; "THROUGHPUT": several streams, for many concurrent
+      requests); None keeps OpenVINO's default.
   """
 
   name = "openvino"
 
-  def __init__(self, xml_path: str, precision: str):
+  def __init__(self, model, precision: str, *, performance_hint: str | None = None):
     import openvino as ov  # pylint: disable=g-import-not-at-top
 
     if precision not in _PRECISION_HINTS:
       raise ValueError(f"OpenVINO precision must be one of {tuple(_PRECISION_HINTS)}, got {precision!r}")
     self.precision = precision
     self.label = engines.label(self.name, precision)
-    self.check: dict | None = None  # the bf16 agreement check, when `auto` precision ran one
+    self._config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision],
+                    **({"PERFORMANCE_HINT": performance_hint} if performance_hint else {})}
+    self.check: dict | None = None  # the reduced-precision agreement check, when one was made
     self._core = ov.Core()
-    self._model = self._core.read_model(xml_path)
+    self._model = self._core.read_model(model) if isinstance(model, (str, os.PathLike)) else model
     self._compiled: dict[int, object] = {}
     self._compile_lock = threading.Lock()
     self._requests = threading.local()
@@ -149,8 +157,7 @@ class OpenVINOEngine:
         model = self._model.clone()
         model.reshape({port.get_any_name(): ov.PartialShape([batch_size, *port.get_partial_shape()[1:]])
                        for port in model.inputs})
-        self._compiled[batch_size] = self._core.compile_model(
-            model, "CPU", {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.precision]})
+        self._compiled[batch_size] = self._core.compile_model(model, "CPU", self._config)
       return self._compiled[batch_size]
 
   def _request(self, batch_size: int):

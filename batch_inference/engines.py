@@ -15,9 +15,12 @@ backbone twice.
               tensorflow (a GPU runs TensorFlow with XLA).
 
 Precision: `float32` everywhere; `bf16` asks OpenVINO for bfloat16 inference
-(fast on CPUs with native BF16, e.g. AVX-512 BF16 or AMX); `auto` uses bf16
-only where the CPU has it natively and the loaded model's months stay close
-to float32 on a set of phantom radiographs (`precision_check`), else float32.
+(fast on CPUs with native BF16, e.g. AVX-512 BF16 or AMX); `int8` scores with
+the export's quantized model (`engine_int8`: calibrated on the validation
+split, written into the export with an accuracy check) and refuses one whose
+check failed; `auto` takes int8 where the export carries one that passed, else
+bf16 where the CPU has it natively and the model's months stay close to
+float32 on phantom radiographs (`engine_openvino.load_checked`), else float32.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import logging
 import numpy as np
 
 ENGINES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("float32", "bf16", "auto")
+PRECISIONS = ("float32", "bf16", "int8", "auto")
 FLOAT32 = "float32"
 BF16 = "bf16"
+INT8 = "int8"
+REDUCED_PRECISIONS = (BF16, INT8)
 # Batch size the TensorFlow engine pads to on a GPU: smaller batches leave the GPU idle.
 GPU_MIN_BATCH_SIZE = 32
 
@@ -121,18 +126,29 @@ def load_engine(model, export_dir: str, engine: str, precision: str, *, gpu_coun
     gpu_count: GPUs visible here (TensorFlow with XLA when > 0).
 
   Raises:
-    ValueError: for an unknown or missing engine, or bf16 asked of TensorFlow.
+    ValueError: for an unknown or missing engine, bf16 or int8 asked of
+      TensorFlow, or int8 asked of an export without a passed int8 check.
   """
   if precision not in PRECISIONS:
     raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
   resolved = resolve_engine(engine, gpu_count)
   if resolved == "tensorflow":
-    if precision == BF16:
-      raise ValueError("precision 'bf16' needs engine 'openvino'; the TensorFlow engine runs float32")
+    if precision in REDUCED_PRECISIONS:
+      raise ValueError(f"precision {precision!r} needs engine 'openvino'; the TensorFlow engine runs float32")
     return TensorFlowEngine(model, jit_compile=gpu_count > 0)
+  from batch_inference import engine_int8  # pylint: disable=g-import-not-at-top
   from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
 
+  if precision == INT8:
+    return engine_int8.load_from_export(export_dir)
   if precision == "auto":
+    if engine_int8.read_check(export_dir) is not None:
+      try:
+        engine = engine_int8.load_from_export(export_dir)
+        logging.info("OpenVINO engine at int8: the export's int8 check passed %s", engine.check.get("sets"))
+        return engine
+      except ValueError as e:  # a failed check or other weights: auto falls back
+        logging.info("not int8: %s", e)
     return engine_openvino.load_checked(model, export_dir)
   logging.info("OpenVINO engine at %s (asked for)", precision)
   return engine_openvino.OpenVINOEngine(engine_openvino.converted_model_path(model, export_dir), precision)

@@ -3,7 +3,7 @@
   boneage-score --model_dir=EXPORT_OR_MODEL_DIR --inputs=PATTERN[,PATTERN...]
       --output_dir=DIR [--metadata_csv=CSV] [--gradcam=true]
       [--unknown_sex=reject|both|male|female] [--batch_size=N]
-      [--engine=tensorflow|openvino|auto] [--precision=float32|bf16|auto] [Beam options]
+      [--engine=tensorflow|openvino|auto] [--precision=float32|bf16|int8|auto] [Beam options]
 
 Beam options (--runner=DirectRunner|DaskRunner|DataflowRunner,
 --direct_running_mode, --dask_client_address, --project, --setup_file, ...)
@@ -96,9 +96,11 @@ def _define_flags(fv: flags.FlagValues) -> None:
                     "per machine and cached; pip install 'bone-age[openvino]'), or auto: openvino on CPU-only "
                     "workers where it is installed, else tensorflow.", flag_values=fv)
   flags.DEFINE_enum("precision", engines.FLOAT32, engines.PRECISIONS,
-                    "float32; bf16 (openvino only, fast on CPUs with native BF16); or auto: bf16 only where the "
-                    "CPU has it natively and the model's months stay within 0.5 months (mean) / 2 months (max) "
-                    "of float32 on phantom radiographs, else float32.", flag_values=fv)
+                    "float32; bf16 (openvino only, fast on CPUs with native BF16); int8 (openvino only: the "
+                    "export's quantized model, python -m batch_inference.engine_int8, used only if its accuracy "
+                    "check passed); or auto: int8 where that check passed, else bf16 only where the CPU has it "
+                    "natively and the model's months stay within 0.5 months (mean) / 2 months (max) of float32 on "
+                    "phantom radiographs, else float32.", flag_values=fv)
   flags.DEFINE_integer("max_member_bytes", sources.DEFAULT_MAX_MEMBER_BYTES,
                        "Largest image file or archive member read; larger ones are rejected.", lower_bound=1,
                        flag_values=fv)
@@ -154,8 +156,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       members_per_read=fv.members_per_read, dicom_outputs=fv.dicom_outputs or bool(fv.dicomweb_url),
       dicomweb_url=fv.dicomweb_url, engine=fv.engine, precision=fv.precision,
       quality_gate=fv.quality_gate)
-  if config.precision == engines.BF16 and config.engine == "tensorflow":
-    _usage_error("--precision=bf16 needs --engine=openvino (or auto); the TensorFlow engine runs float32")
+  if config.precision in engines.REDUCED_PRECISIONS and config.engine == "tensorflow":
+    _usage_error(f"--precision={config.precision} needs --engine=openvino (or auto); the TensorFlow engine runs float32")
   if config.batch_size == 0:
     config = dataclasses.replace(config, batch_size=default_batch_size(leftover))
   if not config.allow_empty_patterns:

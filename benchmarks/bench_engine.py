@@ -4,7 +4,10 @@ What it measures, in one run, on the same images, the configurations interleaved
 round by round so a busy machine slows them alike:
   bare        the export's Keras model, `predict_on_batch` float32 (the baseline)
   tensorflow  the scorer's TensorFlow engine (one tf.function, XLA on a GPU)
-  openvino    float32 and bf16 inference precision (engine_openvino), if installed
+  openvino    float32 (engine_openvino), bf16 inference precision where the CPU
+              has native BF16 (elsewhere a bf16 hint computes float32), and
+              int8 quantized with NNCF (engine_int8) if nncf is installed,
+              each at every OpenVINO performance hint asked for (--ov_hints)
   onnxruntime float32 through tf2onnx, if both are installed (measured for the
               engine choice only; the scorer does not ship it)
 each without and with Grad-CAM (features from the engine, gradient from the
@@ -15,14 +18,20 @@ printed as the ratio to the bare forward of the same round, median and range.
 
 Accuracy: months of each engine against the bare float32 forward on the real
 sample radiographs (../shared/data/rsna_sample, or $BONEAGE_SHARED_DATA/rsna_sample;
-skipped with a message when absent) and on phantom radiographs: mean and
-largest |difference| in months, against the 0.5 / 2 month tolerance.
+skipped with a message when absent) and on phantom radiographs (the test split
+of --dataset_dir, else rendered phantoms): mean and largest |difference| in
+months, against the 0.5 / 2 month tolerance. int8 is calibrated on the
+validation split of --dataset_dir (else on phantoms of other seeds). Its error
+says something only for a trained model (--model_dir, e.g. the demo's export):
+with the default random-weight Xception it is printed but is not the gate.
 
 GPU: with a GPU visible, also the TensorFlow engine with XLA at batch 32;
 otherwise the output says there is none.
 
   .venv/bin/python benchmarks/bench_engine.py                          # Xception at 384 px
   .venv/bin/python benchmarks/bench_engine.py --num_images=16 --repeats=2   # a busy 2-core CPU
+  .venv/bin/python benchmarks/bench_engine.py --model_dir=demo_output/model \
+      --dataset_dir=demo_output/tfds/rsna_bone_age/128px/1.0.0            # the int8 gate on a trained model
 
 Writes bench_output/engine.json.
 """
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import pathlib
@@ -59,6 +69,14 @@ def _parse_args(argv):
                       help="phantoms the month layer is fitted on (least squares) so predictions follow the image; "
                            "0 keeps the random-weight model")
   parser.add_argument("--skip_onnx", action="store_true")
+  parser.add_argument("--model_dir", default=None,
+                      help="score this export (e.g. a trained one) instead of the random-weight --backbone model")
+  parser.add_argument("--dataset_dir", default=None,
+                      help="prepared dataset at the export's size: validation split calibrates int8, test split "
+                           "replaces the rendered phantoms")
+  parser.add_argument("--calibration_images", type=int, default=64, help="int8 calibration images")
+  parser.add_argument("--ov_hints", default="LATENCY",
+                      help="comma-separated OpenVINO PERFORMANCE_HINTs to measure (LATENCY, THROUGHPUT)")
   parser.add_argument("--output_dir", default=str(REPO / "bench_output"))
   return parser.parse_args(argv)
 
@@ -142,6 +160,24 @@ def fit_month_layer(model, num_images: int, batch_size: int) -> dict:
           "label_sd_months": float(ages.std())}
 
 
+def _calibration_phantoms(size_px: int, count: int):
+  """(images, male) of phantoms from other seeds than the accuracy check's, for int8 calibration."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from bone_age import letterbox  # pylint: disable=g-import-not-at-top
+  from bone_age import phantoms  # pylint: disable=g-import-not-at-top
+
+  labels = phantoms.sample_labels(count, seed=11)
+  images = np.stack([letterbox.letterbox(phantoms.render_phantom(age, male, seed=20_000 + i).image, size_px)[0]
+                     for i, (_, age, male) in enumerate(labels)])[..., None]
+  return images, np.array([m for _, _, m in labels], np.float32)
+
+
+def _cpu_capabilities() -> list[str]:
+  import openvino as ov  # pylint: disable=g-import-not-at-top
+  return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def _batches(images, male, batch_size):
   for start in range(0, len(images), batch_size):
     yield images[start:start + batch_size], male[start:start + batch_size]
@@ -187,19 +223,31 @@ def main(argv=None) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  from batch_inference import engine_int8  # pylint: disable=g-import-not-at-top
   from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
   from batch_inference import engines  # pylint: disable=g-import-not-at-top
   from benchmarks import bench_score  # pylint: disable=g-import-not-at-top
   from bone_age import export  # pylint: disable=g-import-not-at-top
+  from bone_age import model as ba_model  # pylint: disable=g-import-not-at-top
 
   out_dir = pathlib.Path(args.output_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  export_dir = bench_score.ensure_export(out_dir, args)
-  model, _ = export.load_export(str(export_dir))
-  size = args.image_size_px
-  description = f"{args.backbone} at {size} px, random weights (weights=None)"
-  report = {"config": vars(args), "cpu_count": os.cpu_count()}
-  if args.fit_head_images:
+  report = {"config": vars(args), "cpu_count": os.cpu_count(),
+            # 0: TensorFlow sizes its pools to the machine's cores (the fair baseline).
+            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+  if args.model_dir:
+    export_dir = pathlib.Path(export.resolve_export_dir(args.model_dir))
+    model, metadata = export.load_export(str(export_dir))
+    size = ba_model.image_size_px(model)
+    description = (f"{metadata.get('backbone')} at {size} px, trained export {export_dir} "
+                   f"(validation MAE {metadata.get('best_validation_mae_months', 'n/a')} months)")
+  else:
+    export_dir = bench_score.ensure_export(out_dir, args)
+    model, _ = export.load_export(str(export_dir))
+    size = args.image_size_px
+    description = f"{args.backbone} at {size} px, random weights (weights=None)"
+  if args.fit_head_images and not args.model_dir:
     fitted_dir = out_dir / f"export_{args.backbone}_{size}_month_layer_fitted_{args.fit_head_images}"
     if not (fitted_dir / export.EXPORT_METADATA_FILE).exists():
       report["month_layer_fit"] = fit_month_layer(model, args.fit_head_images, args.batch_size)
@@ -213,13 +261,19 @@ def main(argv=None) -> dict:
                     f"label SD {report['month_layer_fit']['label_sd_months']:.1f})")
   report.update({"export_dir": str(export_dir), "model": description})
 
-  phantoms = engine_openvino.phantom_batch(size, count=args.phantoms)
+  if args.dataset_dir:
+    phantoms = engine_int8.read_split(args.dataset_dir, engine_int8.CHECK_SPLIT, args.phantoms)
+    calibration = engine_int8.read_split(args.dataset_dir, engine_int8.CALIBRATION_SPLIT, args.calibration_images)
+  else:
+    phantoms = engine_openvino.phantom_batch(size, count=args.phantoms)
+    calibration = _calibration_phantoms(size, args.calibration_images)
   real = real_sample(size)
   if real is not None and args.real_images:
     real = (real[0][:args.real_images], real[1][:args.real_images])
   if real is None:
     print("real sample: ../shared/data/rsna_sample not found (set BONEAGE_SHARED_DATA): accuracy on phantoms only")
-  sets = {"phantoms": phantoms, **({"real_sample": real} if real is not None else {})}
+  phantom_name = f"phantom_{engine_int8.CHECK_SPLIT}_split" if args.dataset_dir else "phantoms"
+  sets = {phantom_name: phantoms, **({"real_sample": real} if real is not None else {})}
   pool_images = np.concatenate([s[0] for s in sets.values()])
   pool_male = np.concatenate([s[1] for s in sets.values()])
   reps = -(-args.num_images // len(pool_images))
@@ -232,9 +286,21 @@ def main(argv=None) -> dict:
     xml_path = engine_openvino.converted_model_path(model, str(export_dir))
     report["openvino_convert_or_cache_s"] = time.perf_counter() - start
     report["cpu_native_bf16"] = engine_openvino.cpu_has_native_bf16()
-    for precision in (engines.FLOAT32, engines.BF16):
-      engine = engine_openvino.OpenVINOEngine(xml_path, precision)
-      candidates[engine.label] = engine
+    report["cpu_optimization_capabilities"] = _cpu_capabilities()
+    xml_by_precision = {engines.FLOAT32: xml_path}
+    if report["cpu_native_bf16"]:
+      xml_by_precision[engines.BF16] = xml_path
+    if importlib.util.find_spec("nncf"):
+      start = time.process_time()
+      xml_by_precision[engines.INT8] = engine_int8.quantize(model, str(export_dir), *calibration)
+      report["int8_quantize_or_cache_cpu_s"] = time.process_time() - start
+      report["int8_calibration_images"] = len(calibration[0])
+    else:
+      print("int8: nncf not installed (pip install '.[openvino]')")
+    for hint in args.ov_hints.split(","):
+      for precision, xml in xml_by_precision.items():
+        engine = engine_openvino.OpenVINOEngine(xml, precision, performance_hint=hint)
+        candidates[f"{engine.label}-{hint.lower()}"] = engine
   else:
     print("openvino: not installed (pip install '.[openvino]')")
   if not args.skip_onnx:
@@ -262,6 +328,9 @@ def main(argv=None) -> dict:
       diff = engine_openvino.month_differences(reference[name], _months(steps[label], imgs, male, args.batch_size))
       accuracy[label][name] = {**diff, "within_tolerance": engine_openvino.within_tolerance(diff)}
     _months(steps[label + "+gradcam"], phantoms[0][:args.batch_size], phantoms[1][:args.batch_size], args.batch_size)
+  report["reduced_precision_gate"] = {
+      label: {"passed": all(d["within_tolerance"] for d in by_set.values()), "sets": sorted(by_set)}
+      for label, by_set in accuracy.items() if "-int8" in label or "-bf16" in label}
   _months(steps["bare-tensorflow-float32+gradcam"], phantoms[0][:args.batch_size], phantoms[1][:args.batch_size],
           args.batch_size)
   report["accuracy_months_vs_bare_float32"] = accuracy
@@ -290,7 +359,7 @@ def main(argv=None) -> dict:
     report["gpu"] = {"devices": [g.name for g in gpus], "engine": engine.label, "batch_size": GPU_BATCH_SIZE,
                      "images_per_s": len(images) / (time.perf_counter() - start)}
   else:
-    report["gpu"] = "no GPU visible: GPU numbers not measured"
+    report["gpu"] = "no GPU here: GPU numbers not measured (with one visible, the TensorFlow engine runs with XLA at batch 32)"
 
   _print(report)
   (out_dir / "engine.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -304,11 +373,20 @@ def _print(report: dict) -> None:
     print(f"OpenVINO conversion (or cache hit): {report['openvino_convert_or_cache_s']:.1f} s; native bf16 on this "
           f"CPU: {report['cpu_native_bf16']}" + ("" if report["cpu_native_bf16"] else
                                                  " (a bf16 hint then computes float32)"))
+  print(f"TensorFlow threads: intra-op {report['tf_intra_op_threads']}, inter-op {report['tf_inter_op_threads']} "
+        f"(0: one per core, {report['cpu_count']} here)")
+  if "cpu_optimization_capabilities" in report:
+    print(f"OpenVINO CPU capabilities: {', '.join(report['cpu_optimization_capabilities'])}")
+  if "int8_calibration_images" in report:
+    print(f"int8: NNCF quantization on {report['int8_calibration_images']} calibration images "
+          f"(or cache hit): {report['int8_quantize_or_cache_cpu_s']:.1f} CPU-s")
   print("accuracy, months vs bare TensorFlow float32 (mean / max |diff|, tolerance 0.5 / 2):")
   for label, sets in report["accuracy_months_vs_bare_float32"].items():
     parts = [f"{name} {d['mean_abs_diff_months']:.4f} / {d['max_abs_diff_months']:.4f}"
              f"{'' if d['within_tolerance'] else ' OUTSIDE'}" for name, d in sets.items()]
     print(f"  {label:28s} " + "; ".join(parts))
+  for label, gate in report.get("reduced_precision_gate", {}).items():
+    print(f"  gate {label}: {'PASSED' if gate['passed'] else 'FAILED (scoring would stay float32)'} on {', '.join(gate['sets'])}")
   print("images per CPU-second, ratio to the bare TensorFlow float32 forward of the same round:")
   for name, s in report["speed"].items():
     rates = " / ".join(f"{v:.2f}" for v in s["images_per_cpu_s"])
