@@ -53,9 +53,16 @@ def calibration_digest(images: np.ndarray, male: np.ndarray) -> str:
   return digest.hexdigest()
 
 
+def _import_nncf():
+  """NNCF, imported with its telemetry declined (engine_openvino.no_vendor_telemetry)."""
+  with engine_openvino.no_vendor_telemetry():
+    import nncf  # pylint: disable=g-import-not-at-top
+  return nncf
+
+
 def _versions() -> str:
-  import nncf  # pylint: disable=g-import-not-at-top
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  nncf = _import_nncf()
+  ov = engine_openvino.import_openvino()
 
   return f"ov{ov.get_version().split('-')[0]}-nncf{nncf.__version__}"
 
@@ -80,8 +87,8 @@ def quantize(model, export_dir: str, images: np.ndarray, male: np.ndarray) -> st
   Returns:
     Path of the cached int8 model.xml.
   """
-  import nncf  # pylint: disable=g-import-not-at-top
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  nncf = _import_nncf()
+  ov = engine_openvino.import_openvino()
 
   batches = _calibration_batches(images, male)
   if not batches:
@@ -189,7 +196,7 @@ def load_from_export(export_dir: str) -> engine_openvino.OpenVINOEngine:
   Raises:
     ValueError: when the export has no int8 model, or its accuracy check did not pass.
   """
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  ov = engine_openvino.import_openvino()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from bone_age import export  # pylint: disable=g-import-not-at-top

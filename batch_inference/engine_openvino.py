@@ -12,6 +12,15 @@ Compiled models are per batch size with a static input shape (the handler
 pads every batch to one size, so one compilation serves a whole run). One
 loaded model serves every thread of a worker process (RunInference shares it),
 so each thread gets its own infer request: a request is not thread-safe.
+
+OpenVINO's converter and NNCF send usage telemetry to Google Analytics (and
+write a client id under ~/intel) unless they believe they run in CI. A machine
+that holds patient data must make no outbound connection it was not asked
+for, so `no_vendor_telemetry` declines it through the switches those libraries
+read: NNCF_CI for NNCF (read once, at its import) and CI=true for
+openvino-telemetry, which starts at `import openvino` and again at each
+conversion. Every OpenVINO import of the project goes through
+`import_openvino` for that reason.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import hashlib
 import logging
 import os
 import shutil
+import contextlib
 import tempfile
 import threading
 
@@ -36,6 +46,28 @@ CHECK_PHANTOMS = 16
 _OUTPUTS = ("boneage_months", "age_group", "features")
 # int8 models carry their own quantized operations; the rest of their graph runs float32.
 _PRECISION_HINTS = {engines.FLOAT32: "f32", engines.BF16: "bf16", engines.INT8: "f32"}
+
+
+@contextlib.contextmanager
+def no_vendor_telemetry():
+  """Within it, OpenVINO's converter and NNCF send no telemetry (see the module docstring)."""
+  os.environ.setdefault("NNCF_CI", "1")  # only NNCF's telemetry reads it
+  saved = os.environ.get("CI")
+  os.environ["CI"] = "true"
+  try:
+    yield
+  finally:
+    if saved is None:
+      os.environ.pop("CI", None)
+    else:
+      os.environ["CI"] = saved
+
+
+def import_openvino():
+  """The openvino module, imported with its telemetry declined."""
+  with no_vendor_telemetry():
+    import openvino  # pylint: disable=g-import-not-at-top
+  return openvino
 
 
 def cache_root() -> str:
@@ -80,15 +112,16 @@ def _forward_function(model):
 
 def convert(model, xml_path: str) -> None:
   """Converts the model's forward (with features) to OpenVINO IR at xml_path, weights kept float32."""
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  ov = import_openvino()
 
-  ov_model = ov.convert_model(_forward_function(model).get_concrete_function())
+  with no_vendor_telemetry():
+    ov_model = ov.convert_model(_forward_function(model).get_concrete_function())
   ov.save_model(ov_model, xml_path, compress_to_fp16=False)
 
 
 def converted_model_path(model, export_dir: str) -> str:
   """The cached IR of this export for this OpenVINO version, converting it first if absent."""
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  ov = import_openvino()
 
   key = f"{_export_digest(export_dir)[:32]}-ov{ov.get_version().split('-')[0]}"
   final_dir = os.path.join(cache_root(), key)
@@ -113,7 +146,7 @@ def converted_model_path(model, export_dir: str) -> str:
 
 def cpu_has_native_bf16() -> bool:
   """Whether OpenVINO's CPU plugin computes in bf16 natively here (else a bf16 hint gains nothing)."""
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  ov = import_openvino()
 
   return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -134,7 +167,7 @@ class OpenVINOEngine:
   name = "openvino"
 
   def __init__(self, model, precision: str, *, performance_hint: str | None = None):
-    import openvino as ov  # pylint: disable=g-import-not-at-top
+    ov = import_openvino()
 
     if precision not in _PRECISION_HINTS:
       raise ValueError(f"OpenVINO precision must be one of {tuple(_PRECISION_HINTS)}, got {precision!r}")
@@ -152,7 +185,7 @@ class OpenVINOEngine:
   def _compiled_model(self, batch_size: int):
     with self._compile_lock:
       if batch_size not in self._compiled:
-        import openvino as ov  # pylint: disable=g-import-not-at-top
+        ov = import_openvino()
 
         model = self._model.clone()
         model.reshape({port.get_any_name(): ov.PartialShape([batch_size, *port.get_partial_shape()[1:]])

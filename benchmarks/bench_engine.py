@@ -174,7 +174,8 @@ def _calibration_phantoms(size_px: int, count: int):
 
 
 def _cpu_capabilities() -> list[str]:
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
+  ov = engine_openvino.import_openvino()
   return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 

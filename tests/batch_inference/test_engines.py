@@ -229,3 +229,29 @@ def openvino_xml_or_none(request):
   if "openvino" in request.node.name and engines.openvino_installed():
     return request.getfixturevalue("openvino_xml")
   return None
+
+
+_CONVERT_AND_QUANTIZE_IMPORT = """
+import tensorflow as tf
+from batch_inference import engine_int8, engine_openvino
+ov = engine_openvino.import_openvino()
+engine_int8._import_nncf()
+with engine_openvino.no_vendor_telemetry():
+  ov.convert_model(tf.function(lambda x: x * 2.0, input_signature=[tf.TensorSpec((1, 4), tf.float32)]).get_concrete_function())
+"""
+
+
+@needs_openvino
+def test_conversion_and_quantization_send_no_telemetry(tmp_path):
+  # openvino-telemetry writes a client id under ~/intel before it sends anything; a fresh HOME shows whether it did.
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  home = tmp_path / "home"
+  home.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI")}
+  env.update(HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", _CONVERT_AND_QUANTIZE_IMPORT], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert not (home / "intel").exists() or not any((home / "intel").iterdir()), sorted((home / "intel").iterdir())
