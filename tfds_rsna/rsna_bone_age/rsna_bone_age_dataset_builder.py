@@ -179,6 +179,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     read = self.info.metadata.get("rows_read", 0)
     rejected = sum(self.info.metadata["rejected"].values())
     # Also printed for `tfds build`, which does not run boneage-preprocess's summary.
-    logging.warning("rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
-                    "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
-                    "OK" if read == sum(written.values()) + rejected else "MISMATCH")
+    accounted = read == sum(written.values()) + rejected
+    logging.log(logging.INFO if accounted else logging.WARNING,
+                "rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
+                "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
+                "OK" if accounted else "MISMATCH")
