@@ -293,7 +293,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
 def format_summary(summary: dict) -> str:
   """The few lines printed at the end of a run."""
   lines = [f"read {summary['read']} = scored {summary['scored']} + rejected {summary['rejected']}"
-           + ("" if summary["accounted"] else "  (MISMATCH: some inputs are unaccounted for)")]
+           + ("" if summary["read_equals_scored_plus_rejected"] else "  (MISMATCH: some inputs are unaccounted for)")]
   for reason, count in summary["rejected_by_reason"].items():
     lines.append(f"  rejected {reason}: {count}")
   for code, count in summary.get("flagged_rows_by_code", {}).items():

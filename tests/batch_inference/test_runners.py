@@ -36,7 +36,7 @@ _RUN_SPECIFIC = ("output_dir", "run_id", "run_dir", "started", "finished", "scor
 
 
 def _compare(expected, actual):
-  assert actual["summary"]["accounted"]
+  assert actual["summary"]["read_equals_scored_plus_rejected"]
   assert sum(actual["summary"]["scored_per_worker"].values()) == actual["summary"]["scored"]
   assert {k: v for k, v in actual["summary"].items() if k not in _RUN_SPECIFIC} == {
       k: v for k, v in expected["summary"].items() if k not in _RUN_SPECIFIC}
@@ -142,7 +142,7 @@ def test_one_zip_spreads_over_two_dask_worker_processes_without_extra_cpu(make, 
   print(f"images per worker {summary['scored_per_worker']}; CPU s: Dask workers {dask_cpu_s:.1f}, "
         f"one DirectRunner worker {direct_cpu_s:.1f} ({dask_cpu_s / direct_cpu_s:.2f}x)")
 
-  assert summary["scored"] == ZIP_IMAGES and summary["accounted"], summary
+  assert summary["scored"] == ZIP_IMAGES and summary["read_equals_scored_plus_rejected"], summary
   per_worker = summary["scored_per_worker"]
   assert len(per_worker) == 2 and sum(per_worker.values()) == ZIP_IMAGES, per_worker
   assert max(per_worker.values()) <= MAX_BUSIEST_SHARE * ZIP_IMAGES, per_worker

@@ -35,7 +35,7 @@ def _tar(path: pathlib.Path, members, mode="w"):
 
 def _assert_accounted(out):
   summary = out["summary"]
-  assert summary["accounted"] and summary["read"] == summary["scored"] + summary["rejected"]
+  assert summary["read_equals_scored_plus_rejected"] and summary["read"] == summary["scored"] + summary["rejected"]
   assert summary["rejected"] == len(out["rejects"])
 
 
