@@ -30,6 +30,7 @@ import apache_beam as beam
 from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipelines import progress
 from beam_pipelines import runners
 from bone_age import age_groups
 from bone_age import errors
@@ -207,8 +208,12 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
                        "export/ folder")
 
 
-def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str) -> None:
-  """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir."""
+def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str,
+          monitor: progress.ProgressMonitor | None = None) -> None:
+  """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir.
+
+  With a monitor, every scored row and every reject also passes a progress count (a side branch).
+  """
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
   model = dicom_outputs.model_identity(export_dir, export_metadata, software_version())
   scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), group_names,
@@ -218,6 +223,29 @@ def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict,
         run_dir, model, config.dicomweb_url))
     scored = dataclasses.replace(scored, rows=rows)
   writers.write_outputs(scored, run_dir, group_names, config.gradcam)
+  if monitor is not None:
+    _ = ((scored.rows, *scored.rejects) | "ProgressItems" >> beam.Flatten()
+         | "Progress" >> progress.CountProgress(monitor.progress_dir, monitor.stage))
+
+
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def expected_inputs(config: ScoreConfig) -> int | None:
+  """How many inputs the run will read, when listing the patterns says so (no archive, no manifest)."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  if config.inputs_manifest:
+    return None
+  total = 0
+  for pattern in config.inputs:
+    try:
+      paths = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+    except Exception:  # pylint: disable=broad-except
+      return None  # the job records the listing failure as a reject
+    if any(p.lower().endswith(_ARCHIVE_SUFFIXES) for p in paths):
+      return None
+    total += max(len(paths), 1)  # a pattern matching nothing is one missing_file reject
+  return total
 
 
 def software_version() -> str:
@@ -268,9 +296,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
   run_.start(list(config.inputs))
   try:
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline, config, export_dir, export_metadata, run_.path)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with progress.ProgressMonitor("scoring", total=expected_inputs(config), unit="inputs",
+                                  enabled=test_pipeline is None) as monitor:
+      build(pipeline, config, export_dir, export_metadata, run_.path, monitor)
+      result = pipeline.run()
+      result.wait_until_finish()
     summary = {
         **run_.read_json(writers.COUNTS_JSON),
         "age_groups": age_groups.group_names(export_metadata["age_group_edges_months"]),

@@ -43,6 +43,9 @@ _TF_CPP_MIN_LOG_LEVEL = {"info": "3", "warning": "1", "debug": "0"}
 # Python log level of third-party libraries (Beam, TFDS, absl, TensorFlow) per verbosity.
 _LIBRARY_LOG_LEVEL = {"info": logging.ERROR, "warning": logging.WARNING, "debug": logging.DEBUG}
 _HELP_LINE_WIDTH = 100
+# Set by quiet_start unless --verbosity=debug: Beam's local multi-process workers (beam_pipelines.runners) then
+# send their stderr to a log file instead of the console.
+QUIET_WORKERS_ENV = "BONEAGE_QUIET_WORKERS"
 
 
 class UsageError(Exception):
@@ -78,8 +81,10 @@ def quiet_start(argv: Sequence[str] | None = None) -> str:
   verbosity = verbosity_from_argv(sys.argv if argv is None else argv)
   if verbosity == "debug":
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_CPP_MIN_LOG_LEVEL[verbosity]
+    os.environ.pop(QUIET_WORKERS_ENV, None)
   else:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _TF_CPP_MIN_LOG_LEVEL[verbosity])
+    os.environ[QUIET_WORKERS_ENV] = "1"
   root = logging.getLogger()
   ours = [h for h in root.handlers if getattr(h, _OURS, False)]
   if not ours:
