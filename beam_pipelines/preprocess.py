@@ -110,13 +110,18 @@ def summarize(builder) -> BuildSummary:
       rejected={k: int(v) for k, v in dict(metadata.get("rejected", {})).items()})
 
 
-def run(argv: list[str]) -> BuildSummary:
-  """Builds (or reuses) the dataset; argv is a full command line (argv[0] = program)."""
+def run(argv: list[str], show_progress: bool = False) -> BuildSummary:
+  """Builds (or reuses) the dataset; argv is a full command line (argv[0] = program).
+
+  show_progress: print a progress line per split while the job runs (the builder must accept `progress`,
+  as tfds_rsna's does).
+  """
   beam_args = parse_argv(argv)
   cli.import_tensorflow_quietly(argv)
   # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds
   from apache_beam.options.pipeline_options import PipelineOptions
+  from beam_pipelines import progress
   from beam_pipelines import runners
   # pylint: enable=g-import-not-at-top
 
@@ -126,6 +131,11 @@ def run(argv: list[str]) -> BuildSummary:
     builder_kwargs["rejects_path"] = _FLAGS.rejects
   if _FLAGS.quality_gate != quality.DEFAULT_POLICY:
     builder_kwargs["quality_gate"] = _FLAGS.quality_gate
+  # stream: the console, not the buffer that holds TFDS's own prints below.
+  monitor = progress.ProgressMonitor("dataset build", parts=("train", "validation", "test"),
+                                     enabled=show_progress, stream=sys.stdout)
+  if show_progress:
+    builder_kwargs["progress"] = monitor
   builder = tfds.builder(f"{_FLAGS.dataset}/{_FLAGS.config}", **builder_kwargs)
   # No runner or DirectRunner: Beam's local runner without its Prism download.
   beam_args = runners.resolve_runner_args(beam_args)
@@ -142,7 +152,7 @@ def run(argv: list[str]) -> BuildSummary:
     tfds.disable_progress_bar()  # its bar counts splits, not images, and is full before any image is read
   # TFDS prints "Downloading and preparing dataset Unknown size" and a reuse note for a local build.
   printed = io.StringIO()
-  with contextlib.redirect_stdout(printed) if verbosity != "debug" else contextlib.nullcontext():
+  with contextlib.redirect_stdout(printed) if verbosity != "debug" else contextlib.nullcontext(), monitor:
     builder.download_and_prepare(download_config=download_config)
   logging.debug("TFDS: %s", printed.getvalue().strip())
   _copy_rejects_if_reused(builder)
@@ -168,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> int:
-  summary = run(argv)
+  summary = run(argv, show_progress=True)
   print(summary.format())
   logging.debug("summary: %s", json.dumps(dataclasses.asdict(summary), sort_keys=True))
   return 0 if summary.accounted_for else 1

@@ -9,6 +9,7 @@ each worker process keeps its own count of the items that passed a
 launching machine, sums the files every few seconds and prints
 
   scoring: 120/1000 images (12%) · 3.2 images/s · ETA 4m35s
+  dataset build: 180 images (train 150, validation 20, test 10) · 6.1 images/s
 
 The files live in a local temporary folder, so this works for every worker
 on this machine (DirectRunner, a local Dask cluster). A worker that cannot
@@ -43,11 +44,17 @@ def format_duration(seconds: float) -> str:
   return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-def progress_line(label: str, done: int, total: int | None, elapsed_s: float, unit: str = "images") -> str:
-  """'label: done/total unit (pct%) · rate unit/s · ETA 4m35s'; without a total, done and rate only."""
+def progress_line(label: str, done: int, total: int | None, elapsed_s: float, unit: str = "images",
+                  by_part: dict[str, int] | None = None) -> str:
+  """'label: done/total unit (pct%) · rate unit/s · ETA 4m35s'; without a total, done and rate only.
+
+  by_part (e.g. per split) is shown after the count: '(train 150, validation 20)'.
+  """
   rate = done / elapsed_s if elapsed_s > 0 else 0.0
-  parts = [f"{label}: {done}/{total} {unit} ({100 * done / total:.0f}%)" if total else f"{label}: {done} {unit}",
-           f"{rate:.1f} {unit}/s"]
+  head = f"{label}: {done}/{total} {unit} ({100 * done / total:.0f}%)" if total else f"{label}: {done} {unit}"
+  if by_part:
+    head += " (" + ", ".join(f"{name} {n}" for name, n in by_part.items()) + ")"
+  parts = [head, f"{rate:.1f} {unit}/s"]
   if total and rate > 0 and done < total:
     parts.append(f"ETA {format_duration((total - done) / rate)}")
   return " · ".join(parts)
@@ -135,9 +142,11 @@ class ProgressMonitor:
   """
 
   def __init__(self, label: str, total: int | None = None, interval_s: float = DEFAULT_PRINT_INTERVAL_S,
-               unit: str = "images", stream=None, enabled: bool = True):
+               unit: str = "images", stream=None, enabled: bool = True, parts: tuple[str, ...] = ()):
+    """parts: sub-stages counted apart (CountProgress(progress_dir, stage_of(part))) and shown by name."""
     self.label = label
     self.stage = "".join(c if c.isalnum() else "_" for c in label)
+    self.parts = tuple(parts)
     self.total = total
     self.unit = unit
     self.progress_dir = ""
@@ -157,22 +166,32 @@ class ProgressMonitor:
       self._thread.start()
     return self
 
-  def _print(self, done: int) -> None:
+  def stage_of(self, part: str) -> str:
+    return f"{self.stage}_{part}"
+
+  def _counts(self) -> tuple[int, dict[str, int] | None]:
+    if not self.parts:
+      return count_done(self.progress_dir, self.stage), None
+    by_part = {part: count_done(self.progress_dir, self.stage_of(part)) for part in self.parts}
+    return sum(by_part.values()), by_part
+
+  def _print(self, done: int, by_part: dict[str, int] | None) -> None:
     stream = self._stream or sys.stdout
-    print(progress_line(self.label, done, self.total, time.monotonic() - self._start, self.unit), file=stream,
-          flush=True)
+    print(progress_line(self.label, done, self.total, time.monotonic() - self._start, self.unit, by_part),
+          file=stream, flush=True)
     self._last_printed = done
 
   def _loop(self) -> None:
     while not self._stop.wait(self._interval_s):
-      done = count_done(self.progress_dir, self.stage)
-      if done != self._last_printed:
-        self._print(done)
+      done, by_part = self._counts()
+      if done and done != self._last_printed:
+        self._print(done, by_part)
 
   def __exit__(self, exc_type, exc, tb) -> None:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-      if exc_type is None:
-        self._print(count_done(self.progress_dir, self.stage))
+      done, by_part = self._counts()
+      if exc_type is None and done != self._last_printed:
+        self._print(done, by_part)
     shutil.rmtree(self.progress_dir, ignore_errors=True)
