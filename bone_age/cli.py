@@ -90,7 +90,7 @@ def quiet_start(argv: Sequence[str] | None = None) -> str:
   if not ours:
     # Our handler replaces basicConfig's "WARNING:root:" and absl's "I1202 file.py:12]" prefixes: a plain
     # message for INFO, the level and logger for anything louder.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     setattr(handler, _OURS, True)
     handler.setFormatter(_ConsoleFormatter())
     for other in list(root.handlers):
@@ -112,6 +112,18 @@ _OURS = "_boneage_console"
 # Records logged from files of these packages are this project's own: shown from INFO up at every verbosity.
 _PROJECT_PACKAGES = frozenset({"bone_age", "beam_pipelines", "tfds_rsna", "trainer", "batch_inference", "launch",
                                "scripts"})
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever sys.stderr is at the time of the record (pytest swaps it per test)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value  # always the current sys.stderr
 
 
 class _ConsoleFormatter(logging.Formatter):
