@@ -167,7 +167,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       quality_gate=fv.quality_gate)
   if config.precision == engines.BF16 and config.engine == "tensorflow":
     _usage_error("--precision=bf16 needs --engine=openvino (or auto); the TensorFlow engine runs float32")
-  cli.import_tensorflow_quietly(argv)
+  cli.import_tensorflow_quietly(argv)  # before bone_age.export, which imports it
+  resolve_export(config.model_dir)  # a missing model is a usage error, before any run folder is made
   if config.batch_size == 0:
     config = dataclasses.replace(config, batch_size=default_batch_size(leftover))
   if not config.allow_empty_patterns:

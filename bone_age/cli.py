@@ -222,7 +222,8 @@ def help_text(prog: str, usage: str, fv: flags.FlagValues, groups: Sequence[Flag
     for name in names:
       listed.add(name)
       lines += textwrap.wrap(_flag_line(fv[name]), _HELP_LINE_WIDTH, subsequent_indent="      ")
-  rest = sorted(n for n, f in fv._flags().items() if n == f.name and n not in listed)  # pylint: disable=protected-access
+  flag_items = fv._flags().items()  # pylint: disable=protected-access
+  rest = sorted(n for n, f in flag_items if n == f.name and n not in listed)
   if rest:
     lines += ["", "Other:"]
     for name in rest:

@@ -10,6 +10,7 @@ command's flags.
 """
 
 import json
+import os
 import sys
 
 from absl import flags
@@ -24,6 +25,7 @@ _FLAG_GROUPS = (
 )
 # trainer.evaluate.DEFAULT_BATCH_SIZE; not imported here so that --help and usage errors need no TensorFlow.
 _DEFAULT_BATCH_SIZE = 32
+_EXPORT_METADATA_FILE = "export_metadata.json"  # bone_age.export.EXPORT_METADATA_FILE (that module loads TensorFlow)
 
 
 def _parse_flags(argv: list[str]) -> flags.FlagValues:
@@ -40,6 +42,10 @@ def _parse_flags(argv: list[str]) -> flags.FlagValues:
   cli.parse(_PROG, _USAGE, fv, argv, _FLAG_GROUPS, required=("data_dir", "model_dir", "output_dir"))
   cli.require_path("data_dir", fv.data_dir, "build the dataset first with boneage-preprocess")
   cli.require_path("model_dir", fv.model_dir, "train a model first with boneage-train")
+  places = (fv.model_dir, os.path.join(fv.model_dir, "export"))
+  if "://" not in fv.model_dir and not any(os.path.exists(os.path.join(d, _EXPORT_METADATA_FILE)) for d in places):
+    raise cli.UsageError(f"--model_dir={fv.model_dir}: no trained model there (no {_EXPORT_METADATA_FILE} in it or "
+                         "its export/ folder); train one first with boneage-train")
   cli.require_path("masks_dir", fv.masks_dir, "boneage-phantoms writes one as <output_dir>/masks")
   return fv
 
