@@ -91,13 +91,10 @@ def parse_argv(argv: list[str]) -> list[str]:
   """Parses our flags from argv[1:]; returns the rest (Beam's options, each one Beam knows).
 
   Raises:
-    cli.UsageError: a missing or unknown flag, a bad value, or a --manual_dir that does not exist (checked
-      before anything is written, so a mistake leaves no partial dataset folder behind).
+    cli.UsageError: a missing or unknown flag or a bad value.
   """
-  leftovers = cli.parse(_PROG, _USAGE, _FLAGS, argv, _FLAG_GROUPS, required=("manual_dir", "data_dir"),
-                        extra_args="beam")
-  cli.require_path("manual_dir", _FLAGS.manual_dir, "point it at the folder holding the label table(s) and images")
-  return leftovers
+  return cli.parse(_PROG, _USAGE, _FLAGS, argv, _FLAG_GROUPS, required=("manual_dir", "data_dir"),
+                   extra_args="beam")
 
 
 def summarize(builder) -> BuildSummary:
@@ -117,6 +114,8 @@ def run(argv: list[str], show_progress: bool = False) -> BuildSummary:
   as tfds_rsna's does).
   """
   beam_args = parse_argv(argv)
+  # Checked before the builder exists, so a mistyped folder leaves no partial dataset folder behind.
+  cli.require_path("manual_dir", _FLAGS.manual_dir, "point it at the folder holding the label table(s) and images")
   cli.import_tensorflow_quietly(argv)
   # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds
