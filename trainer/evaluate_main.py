@@ -25,6 +25,7 @@ _FLAG_GROUPS = (
 )
 # trainer.evaluate.DEFAULT_BATCH_SIZE; not imported here so that --help and usage errors need no TensorFlow.
 _DEFAULT_BATCH_SIZE = 32
+_METRICS_FILE = "metrics.json"
 _EXPORT_METADATA_FILE = "export_metadata.json"  # bone_age.export.EXPORT_METADATA_FILE (that module loads TensorFlow)
 
 
@@ -62,15 +63,25 @@ def _main(argv: list[str]) -> int:
                          "boneage-train") from e
   except errors.InputError as e:
     raise cli.UsageError(str(e)) from e
-  headline = {"split": report["split"], "overall": report["overall"], "baseline": report["baseline"]}
-  if "gradcam_mask_share" in report:
-    headline["gradcam_mask_share"] = report["gradcam_mask_share"]
-  print(json.dumps(headline, indent=2))
+  print(headline(report, fv.output_dir))
   return 0
 
 
+def headline(report: dict, output_dir: str) -> str:
+  """Two lines for the console: the split's MAE with its interval next to the baseline, and where the rest is."""
+  overall, baseline = report["overall"], report["baseline"]
+  low, high = overall.get("mae_months_ci95") or (None, None)
+  interval = f" (95% CI {low:.1f}-{high:.1f})" if low is not None else ""
+  within = overall.get("within_12_months")
+  parts = [f"{report['split']} split, {overall['count']} images: MAE {overall['mae_months']:.1f} months{interval}",
+           f"predict-the-training-mean {baseline['mae_months']:.1f} months"]
+  if within is not None:
+    parts.append(f"{100 * within:.0f}% within 12 months")
+  return " · ".join(parts) + f"\nmetrics ({_METRICS_FILE}), predictions and plots in {output_dir}"
+
+
 def main(argv: list[str] | None = None) -> None:
-  """Console script `boneage-evaluate` (argv: a full command line); prints the headline metrics as JSON."""
+  """Console script `boneage-evaluate` (argv: a full command line); prints the headline metrics."""
   argv = list(sys.argv if argv is None else argv)
   cli.quiet_start(argv)
   cli.run_main(_PROG, lambda: _main(argv), argv)
