@@ -7,8 +7,10 @@
 
 Beam options (--runner=DirectRunner|DaskRunner|DataflowRunner,
 --direct_running_mode, --dask_client_address, --project, --setup_file, ...)
-are everything this parser does not know; they are handed to Beam as explicit
-PipelineOptions, never parsed from sys.argv. See batch_inference/README.md.
+are the flags this command does not define; each must be one Beam's option
+parser knows (a mistyped flag is a usage error, exit 2), and they are handed
+to Beam as explicit PipelineOptions, never parsed from sys.argv. See
+batch_inference/README.md.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ import json
 import logging
 import sys
 
+# First: the console's log levels are set before Beam logs its import-time warnings (bone_age/cli.py).
+from bone_age import cli
+cli.quiet_start()
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 import apache_beam as beam
 from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipelines import progress
 from beam_pipelines import runners
 from bone_age import age_groups
 from bone_age import errors
@@ -38,7 +46,16 @@ from batch_inference import runs
 from batch_inference import sources
 from batch_inference import writers
 
-_HELP_FLAGS = ("--help", "-h", "--helpfull", "-?")
+_PROG = "boneage-score"
+_USAGE = "--model_dir=EXPORT_OR_RUN --inputs=PATTERN[,...] --output_dir=DIR [flags] [Beam options]"
+_FLAG_GROUPS = (
+    cli.FlagGroup("Model and inputs", ("model_dir", "inputs", "inputs_manifest", "allow_empty_patterns",
+                                       "metadata_csv", "unknown_sex")),
+    cli.FlagGroup("Outputs", ("output_dir", "gradcam", "overlay_max_px", "dicom_outputs", "dicomweb_url")),
+    cli.FlagGroup("Engine", ("engine", "precision", "batch_size")),
+    cli.FlagGroup("Input limits and quality", ("quality_gate", "max_member_bytes", "members_per_read",
+                                               "max_pixels")),
+)
 # Reject reasons meaning an input could not even be reached; a run with only these read nothing.
 _NOTHING_READ_REASONS = frozenset({errors.MISSING_FILE, errors.LISTING_FAILED})
 
@@ -120,16 +137,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        "carry the patient's identity from the source header.", flag_values=fv)
   flags.DEFINE_string("dicomweb_url", None, "DICOMweb root of a PACS (e.g. http://host:8042/dicom-web): send the DICOM "
                       "outputs there with STOW-RS (implies --dicom_outputs).", flag_values=fv)
-  for name in ("model_dir", "output_dir"):
-    flags.mark_flag_as_required(name, flag_values=fv)
-  flags.register_validator("inputs", lambda value: bool(value) or bool(fv["inputs_manifest"].value),
-                           "--inputs or --inputs_manifest is required", flag_values=fv)
 
 
 def _usage_error(message: str) -> None:
-  """One line on stderr and exit status 2, as absl does for bad flags."""
-  print(f"boneage-score: {message}", file=sys.stderr)
-  sys.exit(2)
+  raise cli.UsageError(message)
 
 
 def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
@@ -144,10 +155,10 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
   """
   fv = flags.FlagValues()
   _define_flags(fv)
-  if any(a in _HELP_FLAGS for a in argv):
-    print(__doc__ + "\n" + fv.get_help())
-    sys.exit(0)
-  leftover = fv(["boneage-score", *argv], known_only=True)[1:]
+  leftover = cli.parse(_PROG, _USAGE, fv, [_PROG, *argv], _FLAG_GROUPS, required=("model_dir", "output_dir"),
+                       extra_args="beam")
+  if not fv.inputs and not fv.inputs_manifest:
+    _usage_error("--inputs or --inputs_manifest is required: the files or archives to score")
   config = ScoreConfig(
       model_dir=fv.model_dir, inputs=tuple(p.strip() for p in fv.inputs if p.strip()), output_dir=fv.output_dir,
       metadata_csv=fv.metadata_csv, gradcam=fv.gradcam, unknown_sex=fv.unknown_sex, batch_size=fv.batch_size,
@@ -158,6 +169,8 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       quality_gate=fv.quality_gate)
   if config.precision in engines.REDUCED_PRECISIONS and config.engine == "tensorflow":
     _usage_error(f"--precision={config.precision} needs --engine=openvino (or auto); the TensorFlow engine runs float32")
+  cli.import_tensorflow_quietly(argv)  # before bone_age.export, which imports it
+  resolve_export(config.model_dir)  # a missing model is a usage error, before any run folder is made
   if config.batch_size == 0:
     config = dataclasses.replace(config, batch_size=default_batch_size(leftover))
   if not config.allow_empty_patterns:
@@ -166,7 +179,11 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       _usage_error(f"--inputs pattern(s) {', '.join(repr(p) for p in empty)} match no file "
                    "(--allow_empty_patterns records them as missing_file rejects instead)")
   if config.metadata_csv:
-    patients.read_metadata_header(config.metadata_csv)
+    cli.require_path("metadata_csv", config.metadata_csv, "give the CSV of id,male[,chronological_age_months]")
+    try:
+      patients.read_metadata_header(config.metadata_csv)
+    except ValueError as e:
+      _usage_error(f"--metadata_csv: {e}")
   if config.dicomweb_url and importlib.util.find_spec("dicomweb_client") is None:
     _usage_error("--dicomweb_url needs dicomweb-client: pip install 'bone-age[dicomweb]'")
   return config, runners.resolve_runner_args(leftover)
@@ -189,11 +206,17 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
     if FileSystems.exists(path):
       with FileSystems.open(path, compression_type="uncompressed") as f:
         return candidate, json.loads(f.read().decode("utf-8"))
-  raise ValueError(f"--model_dir={model_dir}: no {export.EXPORT_METADATA_FILE} there or in its export/ folder")
+  raise cli.UsageError(f"--model_dir={model_dir}: no trained model there ({export.EXPORT_METADATA_FILE} neither "
+                       "in it nor in its export/ folder); train one first with boneage-train, or point at its "
+                       "export/ folder")
 
 
-def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str) -> None:
-  """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir."""
+def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str,
+          monitor: progress.ProgressMonitor | None = None) -> None:
+  """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir.
+
+  With a monitor, every scored row and every reject also passes a progress count (a side branch).
+  """
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
   model = dicom_outputs.model_identity(export_dir, export_metadata, software_version())
   scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), group_names,
@@ -203,6 +226,29 @@ def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict,
         run_dir, model, config.dicomweb_url))
     scored = dataclasses.replace(scored, rows=rows)
   writers.write_outputs(scored, run_dir, group_names, config.gradcam)
+  if monitor is not None:
+    _ = ((scored.rows, *scored.rejects) | "ProgressItems" >> beam.Flatten()
+         | "Progress" >> progress.CountProgress(monitor.progress_dir, monitor.stage))
+
+
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def expected_inputs(config: ScoreConfig) -> int | None:
+  """How many inputs the run will read, when listing the patterns says so (no archive, no manifest)."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  if config.inputs_manifest:
+    return None
+  total = 0
+  for pattern in config.inputs:
+    try:
+      paths = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+    except Exception:  # pylint: disable=broad-except
+      return None  # the job records the listing failure as a reject
+    if any(p.lower().endswith(_ARCHIVE_SUFFIXES) for p in paths):
+      return None
+    total += max(len(paths), 1)  # a pattern matching nothing is one missing_file reject
+  return total
 
 
 def software_version() -> str:
@@ -253,9 +299,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
   run_.start(list(config.inputs))
   try:
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline, config, export_dir, export_metadata, run_.path)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with progress.ProgressMonitor("scoring", total=expected_inputs(config), unit="inputs",
+                                  enabled=test_pipeline is None) as monitor:
+      build(pipeline, config, export_dir, export_metadata, run_.path, monitor)
+      result = pipeline.run()
+      result.wait_until_finish()
     summary = {
         **run_.read_json(writers.COUNTS_JSON),
         "age_groups": age_groups.group_names(export_metadata["age_group_edges_months"]),
@@ -278,7 +326,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
 def format_summary(summary: dict) -> str:
   """The few lines printed at the end of a run."""
   lines = [f"read {summary['read']} = scored {summary['scored']} + rejected {summary['rejected']}"
-           + ("" if summary["accounted"] else "  (MISMATCH: some inputs are unaccounted for)")]
+           + ("" if summary["read_equals_scored_plus_rejected"] else "  (MISMATCH: some inputs are unaccounted for)")]
   for reason, count in summary["rejected_by_reason"].items():
     lines.append(f"  rejected {reason}: {count}")
   for code, count in summary.get("flagged_rows_by_code", {}).items():
@@ -297,26 +345,19 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv=None) -> None:
-  """Console script: absl app whose leftover arguments are Beam options."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  """Console script (argv: a full command line); usage mistakes exit 2 with one line on stderr."""
+  args = list(sys.argv if argv is None else argv)[1:]
+  cli.quiet_start(args)
+  cli.run_main(_PROG, lambda: _main(args), args)
 
-  app.run(_absl_main, argv=argv, flags_parser=_absl_flags_parser)
 
-
-def _absl_main(args: list[str]) -> None:
-  summary = run(args[1:])
+def _main(args: list[str]) -> int:
+  summary = run(args)
   if summary["status"] == runs.STATUS_NOTHING_READ:
     print(f"boneage-score: no input could be read ({summary['rejected_by_reason']}); see the rejects in "
           f"{summary['output_dir']}", file=sys.stderr)
-    sys.exit(1)
-  # Returns None: absl turns main's return value into the exit status.
-
-
-def _absl_flags_parser(args: list[str]) -> list[str]:
-  """absl's own flags (--verbosity, ...) only; ours and Beam's are left for run()."""
-  if any(a in _HELP_FLAGS for a in args[1:]):
-    parse_args(["--help"])  # prints our flags and exits
-  return flags.FLAGS(args, known_only=True)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":

@@ -47,8 +47,41 @@ BASE_COLUMNS = (
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
 
 
+# Month values in the written rows are rounded to this many decimals: a tenth of a month is far below the
+# model's error, and more digits would suggest a precision it does not have.
+MONTHS_DECIMALS = 1
+_MONTHS_FIELDS = ("boneage_months", "chronological_age_months", "ba_minus_ca_months")
+
+
+def probability_columns(group_names: list[str]) -> list[str]:
+  """CSV columns of the group probabilities, named after the groups: '<113 mo' -> 'prob_under_113_months',
+  '113-150 mo' -> 'prob_113_to_150_months', '>=150 mo' -> 'prob_150_months_and_over' (as age_groups.group_slugs
+  names them)."""
+  columns = []
+  for name in group_names:
+    text = name.removesuffix(" mo").replace(".", "_")
+    if text.startswith("<"):
+      slug = f"under_{text[1:]}_months"
+    elif text.startswith(">="):
+      slug = f"{text[2:]}_months_and_over"
+    else:
+      slug = text.replace("-", "_to_") + "_months"
+    columns.append(f"prob_{slug}")
+  return columns
+
+
 def csv_columns(group_names: list[str]) -> list[str]:
-  return list(BASE_COLUMNS) + [f"age_group_prob_{i}" for i in range(len(group_names))]
+  return list(BASE_COLUMNS) + probability_columns(group_names)
+
+
+def rounded(row: dict) -> dict:
+  """The row with its month values rounded to MONTHS_DECIMALS (the written form; the model's floats stay
+  unrounded in the pipeline, for the DICOM outputs)."""
+  out = dict(row)
+  for name in _MONTHS_FIELDS:
+    if isinstance(out.get(name), float):
+      out[name] = round(out[name], MONTHS_DECIMALS)
+  return out
 
 
 def _csv_line(values: list) -> str:
@@ -84,6 +117,7 @@ class WritePredictions(beam.PTransform):
 
   def expand(self, rows):
     group_names = self._group_names
+    rows = rows | "RoundMonths" >> beam.Map(rounded)
     _ = (rows
          | "ToJson" >> beam.Map(_json_line)
          | "WriteJsonl" >> beam.io.WriteToText(self._prefix, file_name_suffix=JSONL_SUFFIX))
@@ -173,7 +207,7 @@ class CountOutputsFn(beam.CombineFn):
         "read": read,
         "scored": scored,
         "rejected": rejected,
-        "accounted": read == scored + rejected,
+        "read_equals_scored_plus_rejected": read == scored + rejected,
         "prediction_rows": rows["all"],
         "overlays": rows["overlays"],
         "rejected_by_reason": dict(sorted(accumulator["rejected_by_reason"].items())),

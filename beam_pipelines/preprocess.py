@@ -4,10 +4,12 @@
       --rejects=/data/rejects.jsonl --runner=DirectRunner --direct_num_workers=2 \
       --direct_running_mode=multi_processing
 
-Flags this command does not know are Beam pipeline options (`--runner`,
+Flags this command does not define are Beam pipeline options (`--runner`,
 `--direct_num_workers`, Dataflow's `--project --region --temp_location
---setup_file`, ...); they are handed to `PipelineOptions` explicitly, so Beam
-never parses sys.argv (where absl's flags would collide with its own).
+--setup_file`, ...): each must be one Beam's option parser knows (a mistyped
+flag is a usage error, exit 2), and they are handed to `PipelineOptions`
+explicitly, so Beam never parses sys.argv (where absl's flags would collide
+with its own).
 
 The dataset code is imported by module name (`--dataset_module`, default
 `tfds_rsna`) exactly like `tfds build --imports`, so this package does not
@@ -16,17 +18,25 @@ depend on the builder package. The equivalent TFDS command line is
       --data_dir=... --beam_pipeline_options=runner=DirectRunner
 """
 
+import contextlib
 import dataclasses
 import importlib
+import io
 import json
 import logging
 import sys
 
 from absl import flags
 
+from bone_age import cli
 from bone_age import quality
-from beam_pipelines import runners
 
+_PROG = "boneage-preprocess"
+_USAGE = "--manual_dir=DOWNLOAD --data_dir=TFDS_DIR [--config=384px] [flags] [Beam options]"
+_FLAG_GROUPS = (
+    cli.FlagGroup("Input and output", ("manual_dir", "data_dir", "config", "rejects", "overwrite")),
+    cli.FlagGroup("Build", ("quality_gate", "compute_stats", "dataset", "dataset_module")),
+)
 _FLAGS = flags.FlagValues()
 flags.DEFINE_string("manual_dir", None, "Folder holding the label table(s) and images (Kaggle, official RSNA or "
                     "generic layout).", flag_values=_FLAGS)
@@ -78,13 +88,13 @@ class BuildSummary:
 
 
 def parse_argv(argv: list[str]) -> list[str]:
-  """Parses our flags from argv[1:]; returns the rest (Beam's options)."""
-  _FLAGS.unparse_flags()
-  leftovers = _FLAGS(list(argv), known_only=True)
-  for name in ("manual_dir", "data_dir"):
-    if not _FLAGS[name].value:
-      raise flags.IllegalFlagValueError(f"--{name} is required")
-  return leftovers[1:]
+  """Parses our flags from argv[1:]; returns the rest (Beam's options, each one Beam knows).
+
+  Raises:
+    cli.UsageError: a missing or unknown flag or a bad value.
+  """
+  return cli.parse(_PROG, _USAGE, _FLAGS, argv, _FLAG_GROUPS, required=("manual_dir", "data_dir"),
+                   extra_args="beam")
 
 
 def summarize(builder) -> BuildSummary:
@@ -97,11 +107,22 @@ def summarize(builder) -> BuildSummary:
       rejected={k: int(v) for k, v in dict(metadata.get("rejected", {})).items()})
 
 
-def run(argv: list[str]) -> BuildSummary:
-  """Builds (or reuses) the dataset; argv is a full command line (argv[0] = program)."""
+def run(argv: list[str], show_progress: bool = False) -> BuildSummary:
+  """Builds (or reuses) the dataset; argv is a full command line (argv[0] = program).
+
+  show_progress: print a progress line per split while the job runs (the builder must accept `progress`,
+  as tfds_rsna's does).
+  """
   beam_args = parse_argv(argv)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  # Checked before the builder exists, so a mistyped folder leaves no partial dataset folder behind.
+  cli.require_path("manual_dir", _FLAGS.manual_dir, "point it at the folder holding the label table(s) and images")
+  cli.import_tensorflow_quietly(argv)
+  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from beam_pipelines import progress
+  from beam_pipelines import runners
+  # pylint: enable=g-import-not-at-top
 
   importlib.import_module(_FLAGS.dataset_module)
   builder_kwargs = {"data_dir": _FLAGS.data_dir}
@@ -109,10 +130,15 @@ def run(argv: list[str]) -> BuildSummary:
     builder_kwargs["rejects_path"] = _FLAGS.rejects
   if _FLAGS.quality_gate != quality.DEFAULT_POLICY:
     builder_kwargs["quality_gate"] = _FLAGS.quality_gate
+  # stream: the console, not the buffer that holds TFDS's own prints below.
+  monitor = progress.ProgressMonitor("dataset build", parts=("train", "validation", "test"),
+                                     enabled=show_progress, stream=sys.stdout)
+  if show_progress:
+    builder_kwargs["progress"] = monitor
   builder = tfds.builder(f"{_FLAGS.dataset}/{_FLAGS.config}", **builder_kwargs)
   # No runner or DirectRunner: Beam's local runner without its Prism download.
   beam_args = runners.resolve_runner_args(beam_args)
-  logging.info("Beam options: %s", beam_args)
+  logging.debug("Beam options: %s", beam_args)
   download_config = tfds.download.DownloadConfig(
       manual_dir=_FLAGS.manual_dir,
       beam_options=PipelineOptions(beam_args),
@@ -120,7 +146,14 @@ def run(argv: list[str]) -> BuildSummary:
                      else tfds.download.ComputeStatsMode.SKIP),
       download_mode=(tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if _FLAGS.overwrite
                      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-  builder.download_and_prepare(download_config=download_config)
+  verbosity = cli.verbosity_from_argv(argv)
+  if verbosity != "debug":
+    tfds.disable_progress_bar()  # its bar counts splits, not images, and is full before any image is read
+  # TFDS prints "Downloading and preparing dataset Unknown size" and a reuse note for a local build.
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed) if verbosity != "debug" else contextlib.nullcontext(), monitor:
+    builder.download_and_prepare(download_config=download_config)
+  logging.debug("TFDS: %s", printed.getvalue().strip())
   _copy_rejects_if_reused(builder)
   return summarize(builder)
 
@@ -137,18 +170,17 @@ def _copy_rejects_if_reused(builder) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  """Console-script entry point: prints the summary, exits 1 if inputs went missing."""
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  # Beam relays every worker log line at INFO; keep the build summary readable.
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
-  try:
-    summary = run(sys.argv if argv is None else argv)
-  except (flags.Error, ValueError) as e:
-    print(f"boneage-preprocess: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  """Console-script entry point: prints the summary, exits 1 if inputs went missing, 2 on usage mistakes."""
+  argv = list(sys.argv if argv is None else argv)
+  cli.quiet_start(argv)
+  cli.run_main(_PROG, lambda: _main(argv), argv, user_errors=(ValueError,))
+
+
+def _main(argv: list[str]) -> int:
+  summary = run(argv, show_progress=True)
   print(summary.format())
-  print(json.dumps(dataclasses.asdict(summary), sort_keys=True))
-  sys.exit(0 if summary.accounted_for else 1)
+  logging.debug("summary: %s", json.dumps(dataclasses.asdict(summary), sort_keys=True))
+  return 0 if summary.accounted_for else 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,15 @@ fixed runner in `beam_pipelines.dask_runner`; every other runner name
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+import tempfile
+
+from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.runners.runner import PipelineRunner
+
+from bone_age import cli
 
 LOCAL_RUNNER = "beam_pipelines.runners.LocalRunner"
 DASK_RUNNER = "beam_pipelines.dask_runner.DaskRunner"
@@ -42,7 +50,33 @@ class LocalRunner(PipelineRunner):
     encoded_options = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision_info = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded_options))
-    return fn_runner.FnApiRunner(provision_info=provision_info).run_pipeline(pipeline, options)
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing" or not os.environ.get(cli.QUIET_WORKERS_ENV):
+      return fn_runner.FnApiRunner(provision_info=provision_info).run_pipeline(pipeline, options)
+    # A console command asked for quiet workers: the same worker processes, their stderr (import-time warnings,
+    # start-up lines) appended to a log file. Failures still reach this process through the Fn API.
+    runner = fn_runner.FnApiRunner(provision_info=provision_info, default_environment=_quiet_worker_environment())
+    direct.direct_running_mode = _OWN_ENVIRONMENT  # FnApiRunner then keeps the environment given above
+    try:
+      return runner.run_pipeline(pipeline, options)
+    finally:
+      direct.direct_running_mode = "multi_processing"
+
+
+# A running-mode value FnApiRunner does not special-case: it runs the default environment it was built with.
+_OWN_ENVIRONMENT = "boneage_subprocess_workers"
+
+
+def worker_log_path() -> str:
+  """Where quiet multi-process workers of this process append their stderr."""
+  return os.path.join(tempfile.gettempdir(), f"boneage-beam-workers-{os.getpid()}.log")
+
+
+def _quiet_worker_environment():
+  from apache_beam.transforms import environments  # pylint: disable=g-import-not-at-top
+  command = (f"{shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
+             f"2>>{shlex.quote(worker_log_path())}")
+  return environments.SubprocessSDKEnvironment.from_command_string(command_string=command)
 
 
 def _mapped(name: str) -> str:

@@ -27,6 +27,8 @@ import time
 import cv2
 import numpy as np
 
+from bone_age import cli
+
 from bone_age import phantom_drawing
 from bone_age import schema
 
@@ -284,21 +286,22 @@ def _parse_flags(argv):
   flags.DEFINE_enum("image_format", "png", IMAGE_FORMATS, "png, dicom, or mixed (every second image DICOM).",
                     flag_values=fv)
   flags.DEFINE_integer("first_id", 1, "Id of the first image.", lower_bound=0, flag_values=fv)
-  usage = f"usage: boneage-phantoms --output_dir=DIR [--num_images=N --seed=S ...]\n{fv.get_help()}"
-  if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
-    print(usage)
-    sys.exit(0)
-  flags.mark_flag_as_required("output_dir", flag_values=fv)
-  try:
-    fv(argv)
-  except flags.Error as e:
-    sys.exit(f"boneage-phantoms: {e}\n\n{usage}")
+  groups = (cli.FlagGroup("Output", ("output_dir", "num_images", "first_id", "seed")),
+            cli.FlagGroup("Images", ("height_px", "width_px", "image_format")))
+  cli.parse("boneage-phantoms", "--output_dir=DIR [--num_images=N --seed=S ...]", fv, argv, groups,
+            required=("output_dir",))
   return fv
 
 
 def main(argv=None) -> None:
   """Console script `boneage-phantoms`: writes a phantom dataset and says what it wrote."""
-  fv = _parse_flags(list(sys.argv if argv is None else argv))
+  argv = list(sys.argv if argv is None else argv)
+  cli.quiet_start(argv)
+  cli.run_main("boneage-phantoms", lambda: _write(argv), argv)
+
+
+def _write(argv: list[str]) -> int:
+  fv = _parse_flags(argv)
   start = time.perf_counter()
   out = write_dataset(fv.output_dir, fv.num_images, fv.seed, height_px=fv.height_px, width_px=fv.width_px,
                       image_format=fv.image_format, first_id=fv.first_id)
@@ -306,6 +309,7 @@ def main(argv=None) -> None:
   print(f"wrote {fv.num_images} phantoms ({fv.num_images - num_dicom} PNG, {num_dicom} DICOM) of "
         f"{fv.height_px}x{fv.width_px} px with age-signal masks and {LABELS_FILE} to {os.fspath(out)} "
         f"in {time.perf_counter() - start:.1f} s (seed {fv.seed})")
+  return 0
 
 
 if __name__ == "__main__":

@@ -200,12 +200,34 @@ def _add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                       help=f"reruns after the trainer exits {common.PREEMPTED_EXIT_CODE} (preempted) before giving up")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """One line per flag where it fits, so each target's --help stays short."""
+
+  def __init__(self, prog):
+    super().__init__(prog, width=120, max_help_position=44)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+  """argparse whose usage mistakes are one stderr line and exit 2, as every boneage-* command's are.
+
+  A target's usage line says `[flags]` instead of repeating every flag; --help lists them.
+  """
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", _HelpFormatter)
+    if "prog" in kwargs and " " in kwargs["prog"]:
+      kwargs.setdefault("usage", "%(prog)s [flags]")
+    super().__init__(*args, **kwargs)
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
   common_flags = argparse.ArgumentParser(add_help=False)
   common_flags.add_argument("--dry_run", action="store_true", help="print the command or spec; run nothing")
-  parser = argparse.ArgumentParser(prog="boneage-launch", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  targets = parser.add_subparsers(dest="target", required=True, metavar="target")
+  parser = _OneLineErrors(prog="boneage-launch", description=__doc__)
+  targets = parser.add_subparsers(dest="target", required=True, metavar="target", parser_class=_OneLineErrors)
 
   sub = targets.add_parser("dataflow-preprocess", parents=[common_flags],
                            help="build the TFDS dataset on Dataflow")

@@ -104,7 +104,9 @@ def _stop(processes) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="launch.local_multiworker", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
   parser.add_argument("--num_workers", type=int, default=2)
   parser.add_argument("--log_dir", default=None, help="worker_<i>.log per worker (default: inherit the terminal)")
   parser.add_argument("--timeout_s", type=float, default=None)

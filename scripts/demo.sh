@@ -6,21 +6,31 @@
 # Every stage is one of the console scripts the README documents.
 set -euo pipefail
 out=${1:-demo_output}
+# Shrunk by tests/test_demo_console.py to check the console in minutes; `make demo` uses the defaults.
+num_images=${DEMO_NUM_IMAGES:-640}
+read -r -a train_extra <<< "${DEMO_TRAIN_FLAGS:-}"
 rm -rf "$out"
 mkdir -p "$out"
-export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+# The commands keep their own consoles quiet (--verbosity=debug brings the libraries' lines back).
+export PYTHONUNBUFFERED=1
 start=$SECONDS
-stage() { echo; echo "=== [$((SECONDS - start))s] $*"; }
+stage_start=$SECONDS
+stage_name=""
+timings="$out/demo_timings.tsv"
+printf 'stage\tseconds\n' > "$timings"
+# Each stage's seconds go to demo_timings.tsv; scripts/readme_demo_numbers.py quotes them in the README.
+end_stage() { if [ -n "$stage_name" ]; then printf '%s\t%s\n' "$stage_name" "$((SECONDS - stage_start))" >> "$timings"; fi; }
+stage() { end_stage; stage_name="${1%% *}"; stage_start=$SECONDS; echo; echo "=== [$((SECONDS - start))s] $*"; }
 
 stage "1/6 Synthetic hand phantoms (generic layout: labels.csv + images/)"
-boneage-phantoms --output_dir="$out/phantoms" --num_images=640 --seed=0
+boneage-phantoms --output_dir="$out/phantoms" --num_images="$num_images" --seed=0
 
 stage "2/6 TFDS build of rsna_bone_age/128px on Beam (DirectRunner, 2 workers)"
 boneage-preprocess --manual_dir="$out/phantoms" --data_dir="$out/tfds" --config=128px \
   --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
 
 stage "3/6 Train demo_cpu (TensorBoard logs under $out/model/logs)"
-boneage-train --data_dir="$out/tfds" --model_dir="$out/model" --experiment=demo_cpu
+boneage-train --data_dir="$out/tfds" --model_dir="$out/model" --experiment=demo_cpu ${train_extra[@]+"${train_extra[@]}"}
 
 stage "4/6 Evaluate the export on the untouched test split"
 boneage-evaluate --data_dir="$out/tfds" --model_dir="$out/model" --split=test --output_dir="$out/eval" \
@@ -35,4 +45,6 @@ boneage-score --model_dir="$out/model" --inputs="$out/pacs_export.zip" --metadat
 
 stage "6/6 Summary"
 python scripts/demo_summary.py "$out"
-echo "Demo work took $((SECONDS - start)) s."
+end_stage
+printf 'total\t%s\n' "$((SECONDS - start))" >> "$timings"
+echo "Demo work took $((SECONDS - start)) s (per stage: $timings)."

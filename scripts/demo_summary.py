@@ -11,6 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bone_age import cli  # pylint: disable=wrong-import-position
 from batch_inference import results  # pylint: disable=wrong-import-position
 
 
@@ -49,6 +50,7 @@ def patient_lines(row: dict, run_dir: str) -> list[str]:
 
 
 def main(out: str) -> int:
+  cli.quiet_start([])  # Beam, loaded to read the run, warns at import time
   scores = _latest_scores(os.path.join(out, "scores"))
   run_dir = scores["run_dir"] if scores else os.path.join(out, "scores", "runs", "<none published>")
   shards = scores["manifest"]["files"] if scores else {}

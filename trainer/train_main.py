@@ -15,26 +15,38 @@ newest readable checkpoint. Exit status:
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from bone_age import cli
 from trainer import configs
 from trainer import experiments
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "TFDS data dir holding rsna_bone_age/<config>/<version>.")
-flags.DEFINE_string("model_dir", None, "Run directory: checkpoints/, logs/, config.json, export/.")
-flags.DEFINE_string("experiment", "demo_cpu", f"Named experiment: {experiments.names()}.")
-flags.DEFINE_multi_string("config_override", [], "section.field=value, repeatable (e.g. train.train_steps=100).")
-flags.DEFINE_enum("strategy", "default", list(configs.STRATEGIES), "tf.distribute strategy.")
-flags.DEFINE_enum("precision", "float32", list(configs.PRECISIONS), "Keras dtype policy.")
-flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu (default: this TPU VM).")
-flags.DEFINE_bool("deterministic", False, "Op determinism + seeds: reruns and resumes give identical weights.")
-flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit without training.")
+_PROG = "boneage-train"
+_USAGE = "--data_dir=TFDS_DIR --model_dir=RUN_DIR [--experiment=demo_cpu] [flags]"
+_FLAG_GROUPS = (
+    cli.FlagGroup("Data and run", ("data_dir", "model_dir")),
+    cli.FlagGroup("Recipe", ("experiment", "config_override", "deterministic")),
+    cli.FlagGroup("Hardware", ("strategy", "precision", "tpu")),
+    cli.FlagGroup("Inspect", ("print_config", "num_replicas_for_print")),
+)
+# A private FlagValues: importing this module defines no global absl flags.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("data_dir", None, "TFDS data dir holding rsna_bone_age/<config>/<version>.", flag_values=FLAGS)
+flags.DEFINE_string("model_dir", None, "Run directory: checkpoints/, logs/, config.json, export/.", flag_values=FLAGS)
+flags.DEFINE_string("experiment", "demo_cpu", f"Named experiment: {experiments.names()}.", flag_values=FLAGS)
+flags.DEFINE_multi_string("config_override", [], "section.field=value, repeatable (e.g. train.train_steps=100).",
+                          flag_values=FLAGS)
+flags.DEFINE_enum("strategy", "default", list(configs.STRATEGIES), "tf.distribute strategy.", flag_values=FLAGS)
+flags.DEFINE_enum("precision", "float32", list(configs.PRECISIONS), "Keras dtype policy.", flag_values=FLAGS)
+flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu (default: this TPU VM).",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("deterministic", False, "Op determinism + seeds: reruns and resumes give identical weights.",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit without training.",
+                  flag_values=FLAGS)
 flags.DEFINE_integer("num_replicas_for_print", 1, "With --print_config: the replica count to resolve the batch "
-                     "and learning rate for (training uses the strategy's).", lower_bound=1)
-flags.mark_flags_as_required(["data_dir", "model_dir"])
+                     "and learning rate for (training uses the strategy's).", lower_bound=1, flag_values=FLAGS)
 
 
 def resolved_config() -> configs.ExperimentConfig:
@@ -69,9 +81,12 @@ def train(config: configs.ExperimentConfig, callbacks=()) -> int:
 
 
 def config_from_flags(argv) -> configs.ExperimentConfig | None:
-  """The resolved config, or None after --print_config printed it."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  """Parses argv (a full command line); the resolved config, or None after --print_config printed it.
+
+  Raises:
+    cli.UsageError: a missing, unknown or bad flag, or a bad --config_override.
+  """
+  cli.parse(_PROG, _USAGE, FLAGS, argv, _FLAG_GROUPS, required=("data_dir", "model_dir"))
   try:
     config = resolved_config()
     if FLAGS.print_config:
@@ -79,18 +94,24 @@ def config_from_flags(argv) -> configs.ExperimentConfig | None:
       print(configs.to_json(scaling.resolve(config, FLAGS.num_replicas_for_print)))
       return None
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    raise cli.UsageError(str(e)) from e
+  cli.require_path("data_dir", FLAGS.data_dir, "build the dataset first with boneage-preprocess")
   return config
 
 
-def _main(argv):
+def _main(argv: list[str]) -> int:
   config = config_from_flags(argv)
-  if config is not None:
-    sys.exit(train(config))
+  if config is None:
+    return 0
+  cli.import_tensorflow_quietly(argv)
+  return train(config)
 
 
 def main(argv=None):
-  app.run(_main, argv=argv)
+  """Console script `boneage-train` (argv: a full command line); exit status as the module docstring says."""
+  argv = list(sys.argv if argv is None else argv)
+  cli.quiet_start(argv)
+  cli.run_main(_PROG, lambda: _main(argv), argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def _assert_complete(output_dir: pathlib.Path, run_id: str) -> None:
   out = results.read_run(str(output_dir), run_id)
   run_dir = pathlib.Path(out["run_dir"])
   summary = out["summary"]
-  assert out["manifest"]["status"] == "complete" and summary["accounted"]
+  assert out["manifest"]["status"] == "complete" and summary["read_equals_scored_plus_rejected"]
   assert summary["scored"] == summary["prediction_rows"] == len(out["predictions"]) == len(out["csv_rows"]) == NUM_IMAGES
   assert summary["rejected"] == len(out["rejects"]) == 0
   overlay_files = {p.name for p in (run_dir / "overlays").iterdir()}

@@ -96,7 +96,7 @@ def test_sr_and_sc_land_in_the_source_study_once(tiny_export, make, outputs_of, 
   for attempt in ("first", "second"):
     _score(tiny_export, inputs, tmp_path / attempt, dicomweb_url)
     out = outputs_of(tmp_path / attempt)
-    assert out["summary"]["accounted"] and [r["id"] for r in out["rejects"]] == ["nosex"]
+    assert out["summary"]["read_equals_scored_plus_rejected"] and [r["id"] for r in out["rejects"]] == ["nosex"]
     rows = {r["id"]: r for r in out["predictions"]}
     assert rows["d"]["dicomweb_status"] == "stored", rows["d"]
     runs.append((out, rows["d"]))

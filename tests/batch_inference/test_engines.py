@@ -215,7 +215,7 @@ def test_every_row_and_the_summary_record_the_engine(engine, tiny_export, openvi
                        "--unknown_sex=male", "--gradcam=true", "--batch_size=2", f"--engine={engine}"],
                       test_pipeline=test_pipeline.TestPipeline())
   label = f"{engine}-float32"
-  assert summary["read"] == 4 and summary["scored"] == 3 and summary["rejected"] == 1 and summary["accounted"]
+  assert summary["read"] == 4 and summary["scored"] == 3 and summary["rejected"] == 1 and summary["read_equals_scored_plus_rejected"]
   assert summary["rows_by_engine"] == {label: 3}
   assert summary["engine"] == {"requested": engine, "precision": "float32", "batch_size": 2}
   out = outputs_of(tmp_path / "out")

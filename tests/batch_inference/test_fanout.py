@@ -19,7 +19,7 @@ def test_one_zip_spreads_over_two_worker_processes(tiny_export, make, outputs_of
              "--unknown_sex=male", "--batch_size=8", "--runner=DirectRunner", "--direct_running_mode=multi_processing",
              "--direct_num_workers=2"])
   summary = outputs_of(tmp_path / "out")["summary"]
-  assert summary["scored"] == NUM_MEMBERS and summary["accounted"]
+  assert summary["scored"] == NUM_MEMBERS and summary["read_equals_scored_plus_rejected"]
   per_worker = summary["scored_per_worker"]
   assert sum(per_worker.values()) == NUM_MEMBERS
   assert len(per_worker) == 2 and max(per_worker.values()) <= MAX_SHARE_OF_BUSIEST_WORKER * NUM_MEMBERS, per_worker

@@ -98,7 +98,7 @@ def test_score_reads_and_writes_gs_through_beam_filesystems(gcs_emulator, tiny_e
   assert out["predictions"][0]["source"] == f"gs://{BUCKET}/in/0.png"
   assert [(r["id"], r["reason"]) for r in out["rejects"]] == [("corrupt", "truncated")]
   summary = out["summary"]
-  assert (summary["read"], summary["scored"], summary["rejected"], summary["accounted"]) == (6, 5, 1, True)
+  assert (summary["read"], summary["scored"], summary["rejected"], summary["read_equals_scored_plus_rejected"]) == (6, 5, 1, True)
   # Everything was written to the bucket (overlays included), nothing locally.
   names = {b.name for b in bucket.client.list_blobs(BUCKET, prefix=f"scores/runs/{out['run_id']}/")}
   overlays = {f"scores/runs/{out['run_id']}/{r['overlay_path']}" for r in out["predictions"]}

@@ -26,7 +26,7 @@ def _run(tiny_export, inputs, output_dir, *extra):
 
 def _assert_accounted(out):
   summary = out["summary"]
-  assert summary["accounted"] and summary["read"] == summary["scored"] + summary["rejected"]
+  assert summary["read_equals_scored_plus_rejected"] and summary["read"] == summary["scored"] + summary["rejected"]
   assert summary["rejected"] == len(out["rejects"])
 
 

@@ -46,7 +46,7 @@ def test_writers_count_inside_the_pipeline(tmp_path):
     writers.write_outputs(scored, str(tmp_path), ["a", "b"], gradcam=False)
   counts = json.loads((tmp_path / writers.COUNTS_JSON).read_text())
   assert counts == {
-      "read": 6, "scored": 4, "rejected": 2, "accounted": True, "prediction_rows": 5, "overlays": 1,
+      "read": 6, "scored": 4, "rejected": 2, "read_equals_scored_plus_rejected": True, "prediction_rows": 5, "overlays": 1,
       "rejected_by_reason": {"missing_file": 1, "truncated": 1},
       "sex_sources": {"assumed_both": 2, "csv": 2, "dicom": 1}, "chronological_age_sources": {"unknown": 5},
       "scored_per_worker": {"w1": 4, "w2": 1}, "rows_by_engine": {"tensorflow-float32": 5},

@@ -69,7 +69,7 @@ def test_flag_policy_scores_with_flags_and_counts_them(export_with_ood, outputs_
   assert all(len(r["quality_flag_reasons"]) == len(r["quality_flags"]) for r in rows.values())
   assert all(isinstance(r["ood_score"], float) for r in rows.values())
   summary = out["summary"]
-  assert summary["accounted"] and summary["read"] == 7
+  assert summary["read_equals_scored_plus_rejected"] and summary["read"] == 7
   assert summary["flagged_rows_by_code"][quality.MIRRORED_RIGHT_HAND] == 1
   assert summary["flagged_rows_by_code"][quality.NON_HAND_DICOM_TAGS] == 1
 
@@ -83,4 +83,4 @@ def test_strict_policy_rejects_what_flag_lets_through(export_with_ood, outputs_o
   assert rejects == {"blank": quality.BLANK_IMAGE, "dot": quality.IMAGE_TOO_SMALL,
                      "chest": quality.NOT_A_HAND_RADIOGRAPH, "noise": quality.NOT_A_HAND}
   assert {r["id"] for r in out["predictions"]} == {"left", "right", "inverted"}
-  assert out["summary"]["accounted"]
+  assert out["summary"]["read_equals_scored_plus_rejected"]

@@ -75,7 +75,7 @@ def test_writer_peak_memory_at_a_million_rows_is_within_15_percent_of_100k(tmp_p
   for result, rows in ((small, 100_000), (large, 1_000_000)):
     rejected = (rows // ROWS_PER_CHUNK + 9) // 10
     assert result["counts"]["scored"] == rows and result["counts"]["rejected"] == rejected
-    assert result["counts"]["read"] == rows + rejected and result["counts"]["accounted"]
+    assert result["counts"]["read"] == rows + rejected and result["counts"]["read_equals_scored_plus_rejected"]
   assert _lines(tmp_path / "large", "predictions-*.jsonl") == 1_000_000
   shards = sorted((tmp_path / "large").glob("predictions-*.csv"))
   assert _lines(tmp_path / "large", "predictions-*.csv") == 1_000_000 + len(shards)  # a header per shard

@@ -202,6 +202,7 @@ def test_main_writes_and_reports(tmp_path, capsys):
   assert _read_gray(out / "images" / "2.png").shape == (65, 50)
 
 
-def test_main_requires_output_dir():
-  with pytest.raises(SystemExit, match="output_dir"):
+def test_main_requires_output_dir(capsys):
+  with pytest.raises(SystemExit) as exit_info:
     phantoms.main(["boneage-phantoms", "--num_images=2"])
+  assert exit_info.value.code == 2 and "--output_dir is required" in capsys.readouterr().err

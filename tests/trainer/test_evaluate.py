@@ -156,9 +156,10 @@ def test_unlabeled_rows_are_counted_not_used():
   json.dumps(report, allow_nan=False)
 
 
-def test_command_line_names_a_missing_flag_and_defines_no_global_flags(workspace):
-  with pytest.raises(SystemExit, match="output_dir"):
+def test_command_line_names_a_missing_flag_and_defines_no_global_flags(workspace, capsys):
+  with pytest.raises(SystemExit) as exit_info:
     evaluate_main.main(["boneage-evaluate", f"--data_dir={workspace['data_dir']}", "--model_dir=x"])
+  assert exit_info.value.code == 2 and "--output_dir is required" in capsys.readouterr().err
   from absl import flags  # pylint: disable=g-import-not-at-top
   assert "output_dir" not in flags.FLAGS  # boneage-train (which defines data_dir globally) has no output_dir
 

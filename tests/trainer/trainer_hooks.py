@@ -16,7 +16,6 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repository importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
@@ -94,7 +93,8 @@ def _define_flags():
 
 def _main(argv):
   from trainer import train_main  # pylint: disable=g-import-not-at-top
-  config = train_main.config_from_flags(argv)
+  # The hooks' own flags are global; the rest of the command line is boneage-train's.
+  config = train_main.config_from_flags(flags.FLAGS(argv, known_only=True))
   if config is None:
     return
   if flags.FLAGS.num_cpu_devices:
@@ -113,4 +113,4 @@ def _main(argv):
 if __name__ == "__main__":
   from trainer import train_main as _train_main  # noqa: F401  (defines boneage-train's flags)  pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(_main)
+  _main(sys.argv)

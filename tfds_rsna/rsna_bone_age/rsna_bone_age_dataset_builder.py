@@ -24,6 +24,7 @@ from bone_age import imaging
 from bone_age import quality
 from bone_age import schema
 from beam_pipelines import examples as examples_lib
+from beam_pipelines import progress as progress_lib
 from tfds_rsna.rsna_bone_age import labeled_images
 from tfds_rsna.rsna_bone_age import layouts
 from tfds_rsna.rsna_bone_age import splits as splits_lib
@@ -85,10 +86,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
      without extension). Splits: stable hashed, stratified.
   """
 
-  def __init__(self, *, rejects_path: str | None = None, quality_gate: str = quality.DEFAULT_POLICY, **kwargs):
+  def __init__(self, *, rejects_path: str | None = None, quality_gate: str = quality.DEFAULT_POLICY,
+               progress: "progress_lib.ProgressMonitor | None" = None, **kwargs):
     """Args: rejects_path: extra copy of the rejects file (e.g. `--rejects`); quality_gate: the content
-    gate's policy (`bone_age.quality`: strict, flag or off)."""
+    gate's policy (`bone_age.quality`: strict, flag or off); progress: counts each split's examples for
+    boneage-preprocess's progress line."""
     self._extra_rejects_path = rejects_path
+    self._progress = progress
     self._quality_gate = quality_gate
     self._build_summary: dict = {}
     super().__init__(**kwargs)
@@ -142,7 +146,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, examples, split: str):
     """The split's examples from the shared Beam stage, as (id, example)."""
-    return examples_lib.SelectSplit(examples, split)
+    selected = examples_lib.SelectSplit(examples, split)
+    if self._progress is None:
+      return selected
+    return selected | f"Progress_{split}" >> progress_lib.CountProgress(self._progress.progress_dir,
+                                                                       self._progress.stage_of(split))
 
   def _read_facts(self) -> None:
     facts_path = self.data_path / labeled_images.FACTS_FILE
@@ -189,6 +197,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     read = self.info.metadata.get("rows_read", 0)
     rejected = sum(self.info.metadata["rejected"].values())
     # Also printed for `tfds build`, which does not run boneage-preprocess's summary.
-    logging.warning("rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
-                    "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
-                    "OK" if read == sum(written.values()) + rejected else "MISMATCH")
+    accounted = read == sum(written.values()) + rejected
+    logging.log(logging.INFO if accounted else logging.WARNING,
+                "rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
+                "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
+                "OK" if accounted else "MISMATCH")

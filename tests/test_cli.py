@@ -1,0 +1,109 @@
+"""The one command-line convention (bone_age/cli.py), checked in-process on every command's main."""
+
+import pytest
+
+from batch_inference import score
+from beam_pipelines import preprocess
+from bone_age import phantoms
+from launch import cli as launch_cli
+from trainer import evaluate_main
+from trainer import train_main
+
+# (main, program name, every flag the command defines)
+COMMANDS = [
+    (phantoms.main, "boneage-phantoms", ["output_dir", "num_images", "seed", "height_px", "width_px",
+                                         "image_format", "first_id", "verbosity"]),
+    (preprocess.main, "boneage-preprocess", ["manual_dir", "data_dir", "config", "rejects", "dataset_module",
+                                             "dataset", "compute_stats", "quality_gate", "overwrite", "verbosity"]),
+    (train_main.main, "boneage-train", ["data_dir", "model_dir", "experiment", "config_override", "strategy",
+                                        "precision", "tpu", "deterministic", "print_config",
+                                        "num_replicas_for_print", "verbosity"]),
+    (evaluate_main.main, "boneage-evaluate", ["data_dir", "model_dir", "split", "output_dir", "batch_size",
+                                              "masks_dir", "verbosity"]),
+    (score.main, "boneage-score", ["model_dir", "inputs", "inputs_manifest", "allow_empty_patterns", "output_dir",
+                                   "metadata_csv", "gradcam", "unknown_sex", "batch_size", "engine", "precision",
+                                   "max_member_bytes", "members_per_read", "max_pixels", "quality_gate",
+                                   "overlay_max_px", "dicom_outputs", "dicomweb_url", "verbosity"]),
+]
+
+
+@pytest.mark.parametrize("main, prog, flag_names", COMMANDS, ids=[c[1] for c in COMMANDS])
+@pytest.mark.parametrize("help_flag", ["--help", "--helpshort"])
+def test_help_lists_every_flag_in_under_60_lines(main, prog, flag_names, help_flag, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    main([prog, help_flag])
+  out = capsys.readouterr().out
+  assert exit_info.value.code == 0 and out.startswith(f"usage: {prog} ")
+  assert len(out.splitlines()) < 60, out
+  for name in flag_names:
+    assert f"--{name}" in out or f"--[no]{name}" in out, name
+
+
+def _usage_error(main, argv, capsys) -> str:
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2, err
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+  return err
+
+
+def test_score_usage_mistakes_are_one_line(tmp_path, capsys):
+  png = tmp_path / "a.png"
+  png.write_bytes(b"x")
+  base = ["boneage-score", f"--inputs={png}", f"--output_dir={tmp_path / 'out'}"]
+  assert "--model_dir is required" in _usage_error(score.main, base, capsys)
+  err = _usage_error(score.main, [*base, f"--model_dir={tmp_path}", "--unknown_sex=maybe"], capsys)
+  assert "--unknown_sex=maybe" in err and "reject|both|male|female" in err
+  err = _usage_error(score.main, [*base, f"--model_dir={tmp_path}", "--metdata_csv=x.csv"], capsys)
+  assert "--metdata_csv" in err and "neither this command nor Beam" in err
+  err = _usage_error(score.main, [*base, f"--model_dir={tmp_path}", "--direct_num_workers=two"], capsys)
+  assert "direct_num_workers" in err
+
+
+def test_score_without_a_model_says_train_first(tmp_path, capsys):
+  png = tmp_path / "a.png"
+  png.write_bytes(b"x")
+  err = _usage_error(score.main, ["boneage-score", f"--inputs={png}", f"--output_dir={tmp_path / 'out'}",
+                                  f"--model_dir={tmp_path}"], capsys)
+  assert f"--model_dir={tmp_path}" in err and "boneage-train" in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_with_a_missing_manual_dir_writes_nothing(tmp_path, capsys):
+  err = _usage_error(preprocess.main, ["boneage-preprocess", f"--manual_dir={tmp_path / 'nope'}",
+                                       f"--data_dir={tmp_path / 'tfds'}"], capsys)
+  assert f"--manual_dir={tmp_path / 'nope'}" in err
+  assert not (tmp_path / "tfds").exists()
+  assert "--runnr" in _usage_error(preprocess.main, ["boneage-preprocess", f"--manual_dir={tmp_path}",
+                                                     f"--data_dir={tmp_path / 'tfds'}", "--runnr=Dask"], capsys)
+
+
+def test_evaluate_before_training_says_train_first(tmp_path, capsys):
+  (tmp_path / "tfds").mkdir()
+  (tmp_path / "run").mkdir()
+  err = _usage_error(evaluate_main.main, ["boneage-evaluate", f"--data_dir={tmp_path / 'tfds'}",
+                                          f"--model_dir={tmp_path / 'run'}", f"--output_dir={tmp_path / 'e'}"],
+                     capsys)
+  assert "train" in err and "boneage-train" in err
+
+
+def test_train_usage_mistakes_are_one_line(tmp_path, capsys):
+  assert "--model_dir is required" in _usage_error(train_main.main, ["boneage-train", "--data_dir=d"], capsys)
+  assert "--bogus" in _usage_error(train_main.main, ["boneage-train", "--data_dir=d", "--model_dir=m", "--bogus"],
+                                   capsys)
+  err = _usage_error(train_main.main, ["boneage-train", f"--data_dir={tmp_path / 'no'}", "--model_dir=m"], capsys)
+  assert "boneage-preprocess" in err
+
+
+def test_launch_help_is_short_and_mistakes_are_one_line(capsys):
+  for target in ("", "dataflow-preprocess", "dataflow-score", "vertex-train", "tpu-vm", "local-multiworker",
+                 "tensorboard"):
+    with pytest.raises(SystemExit) as exit_info:
+      launch_cli.main([target, "--help"] if target else ["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and len(out.splitlines()) < 60, (target, out)
+  with pytest.raises(SystemExit) as exit_info:
+    launch_cli.main(["vertex-train", "--mode=nope"])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--mode" in err
