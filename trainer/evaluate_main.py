@@ -14,6 +14,8 @@ import sys
 
 from absl import flags
 
+from bone_age import conformal
+from bone_age import tta
 from trainer import evaluate
 
 
@@ -27,6 +29,12 @@ def _parse_flags(argv: list[str]) -> flags.FlagValues:
                        flag_values=fv)
   flags.DEFINE_string("masks_dir", None, "Phantoms' masks/ folder (<id>.png age-signal masks): adds the Grad-CAM "
                       "mass inside the mask to metrics.json.", flag_values=fv)
+  flags.DEFINE_integer("tta_views", tta.DEFAULT_VIEWS, "Test-time augmentation views averaged per image "
+                       "(bone_age.tta: small rotations, scales and shifts, never a flip); 1 = the plain prediction.",
+                       lower_bound=1, upper_bound=tta.MAX_VIEWS, flag_values=fv)
+  flags.DEFINE_float("interval_alpha", conformal.DEFAULT_ALPHA, "Miscoverage of the split-conformal prediction "
+                     "interval whose coverage and width are reported (0.1: a 90% interval).", lower_bound=1e-6,
+                     upper_bound=1 - 1e-6, flag_values=fv)
   usage = f"usage: boneage-evaluate --data_dir=DATA --model_dir=RUN --output_dir=EVAL [--split=test]\n{fv.get_help()}"
   if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
     print(usage)
@@ -43,8 +51,10 @@ def _parse_flags(argv: list[str]) -> flags.FlagValues:
 def main(argv: list[str] | None = None) -> None:
   """Console script `boneage-evaluate`; prints the headline metrics as JSON."""
   fv = _parse_flags(list(sys.argv if argv is None else argv))
-  report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size, fv.masks_dir)
-  headline = {"split": report["split"], "overall": report["overall"], "baseline": report["baseline"]}
+  report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size, fv.masks_dir,
+                             fv.tta_views, fv.interval_alpha)
+  headline = {"split": report["split"], "overall": report["overall"], "baseline": report["baseline"],
+              "prediction_interval": report["prediction_interval"]}
   if "gradcam_mask_share" in report:
     headline["gradcam_mask_share"] = report["gradcam_mask_share"]
   print(json.dumps(headline, indent=2))
