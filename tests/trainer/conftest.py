@@ -42,28 +42,6 @@ def phantom_data_dir(tmp_path_factory) -> pathlib.Path:
   return data_dir
 
 
-@pytest.fixture(scope="session")
-def learned_run(tmp_path_factory):
-  """One demo_cpu run with LEARN_OVERRIDES on phantoms with large validation and test splits, shared by the tests
-  that need a trained model (learning, interval coverage).
-
-  256 train phantoms as in phantom_data_dir; 400 validation phantoms calibrate the export's conformal interval
-  and 400 test phantoms measure it, so its coverage is known to about +/- 0.02 rather than +/- 0.06.
-
-  Returns:
-    (data_dir, train_lib.TrainResult).
-  """
-  import phantom_tfds  # pylint: disable=g-import-not-at-top
-  from trainer import experiments  # pylint: disable=g-import-not-at-top
-  from trainer import train_lib  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp("learned")
-  data_dir = root / "data"
-  phantom_tfds.build(str(data_dir), size_px=IMAGE_SIZE_PX, num_train=256, num_validation=400, num_test=400,
-                     render_hw=(128, 100))
-  config = experiments.resolve("demo_cpu", list(SMALL_OVERRIDES) + list(LEARN_OVERRIDES))
-  return data_dir, train_lib.train_and_evaluate(config, str(data_dir), str(root / "run"))
-
-
 HOOKS_SCRIPT = HERE / "trainer_hooks.py"
 
 

@@ -1,6 +1,5 @@
 """The training loop in-process: artifacts, TensorBoard, export, mixed precision, learning."""
 
-import csv
 import json
 import shutil
 
@@ -107,15 +106,16 @@ def test_mixed_precision_trains_on_cpu_with_float32_outputs(phantom_data_dir, tm
     assert applied >= 1 and any(not np.array_equal(a, b) for a, b in zip(initial, final))
 
 
-def test_demo_cpu_learns_on_phantoms(learned_run):
+def test_demo_cpu_learns_on_phantoms(phantom_data_dir, tmp_path, trainer_helpers):
   """Test MAE <= 75% of the predict-the-training-mean baseline.
 
-  The bound sits above the spread over data orders (conftest's
+  The bound sits above the spread over data orders (0.51-0.72, conftest's
   LEARN_OVERRIDES) and far below an untrained model (~1.0).
   """
-  data_dir, result = learned_run
+  config = experiments.resolve("demo_cpu", list(trainer_helpers.SMALL_OVERRIDES) + list(trainer_helpers.LEARN_OVERRIDES))
+  result = train_lib.train_and_evaluate(config, str(phantom_data_dir), str(tmp_path / "run"))
   model, _ = export.load_export(result.export_dir)
-  builder = tfds.builder_from_directory(str(next(data_dir.glob("rsna_bone_age/64px/*"))))
+  builder = tfds.builder_from_directory(str(next(phantom_data_dir.glob("rsna_bone_age/64px/*"))))
   train = tfds.as_numpy(builder.as_dataset("train", batch_size=-1))
   test = tfds.as_numpy(builder.as_dataset("test", batch_size=-1))
   predicted = model.predict({"image": test["image"], "male": test["male"].astype(np.float32)[:, None]},
@@ -124,28 +124,6 @@ def test_demo_cpu_learns_on_phantoms(learned_run):
   baseline = float(np.mean(np.abs(train["boneage"].mean() - test["boneage"])))
   print(f"demo_cpu learning test: test MAE {mae:.2f} months, baseline {baseline:.2f}, ratio {mae / baseline:.3f}")
   assert mae <= 0.75 * baseline, f"test MAE {mae:.1f} months vs baseline {baseline:.1f} (ratio {mae / baseline:.2f})"
-
-
-@pytest.mark.parametrize("tta_views", [1, 4])
-def test_the_exported_90_percent_interval_covers_90_percent_of_the_test_split(learned_run, tmp_path, tta_views):
-  """Calibrated at export on the 400 validation phantoms, measured by boneage-evaluate on the 400 test phantoms."""
-  from trainer import evaluate  # pylint: disable=g-import-not-at-top
-  data_dir, result = learned_run
-  metadata = export.read_metadata(result.export_dir)
-  record = metadata["prediction_interval"]
-  assert (record["n_calibration"], record["rank"], record["alpha"], record["max_tta_views"]) == (400, 361, 0.1, 8)
-  report = evaluate.evaluate(str(data_dir), result.export_dir, "test", str(tmp_path / "eval"), tta_views=tta_views)
-  interval = report["prediction_interval"]
-  print(f"demo_cpu 90% interval, {tta_views} TTA view(s): {json.dumps(interval)}")
-  assert interval["count"] == 400 and interval["tta_views"] == tta_views and interval["level"] == 0.9
-  assert interval["half_width_months"] == pytest.approx(record["half_width_months_by_tta_views"][str(tta_views)])
-  assert 0.85 <= interval["coverage"] <= 0.95
-  with open(tmp_path / "eval" / "predictions.csv", encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
-  inside = [float(r["interval_low_months"]) <= float(r["true_months"]) <= float(r["interval_high_months"])
-            for r in rows]
-  assert np.mean(inside) == pytest.approx(interval["coverage"], abs=0.01)  # the CSV's rounding to 0.01 month
-  assert report["provenance"]["checkpoint_step"] == 1000 and report["provenance"]["checkpoint_reason"] == "last"
 
 
 def test_plateau_schedule_and_early_stopping_follow_the_validation_loss():
