@@ -137,7 +137,8 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
   finished = (requests.requests
               | "RunInference" >> ml_base.RunInference(model_handler)
               | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(
-                  run_dir, group_names, model_id, export_dir, run_fields, interval)).with_outputs(records.WORKER_TALLY_TAG, main="rows"))
+                  run_dir, group_names, model_id, export_dir, run_fields, interval)).with_outputs(
+                      records.WORKER_TALLY_TAG, main="rows"))
   settled = (finished.rows
              | "KeyRowsById" >> beam.Map(lambda r: (r["id"], r))
              | "GroupRowsById" >> beam.GroupByKey()

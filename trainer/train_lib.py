@@ -424,6 +424,9 @@ class Trainer:
       record = conformal.record(calibration)
     except ValueError as e:
       logging.warning("no prediction interval in the export: %s", e)
+      stale = os.path.join(export_dir, conformal.CONFORMAL_SCORES_FILE)
+      if tf.io.gfile.exists(stale):  # a previous export's scores must not outlive its model
+        tf.io.gfile.remove(stale)
       return {"missing_reason": str(e)}
     conformal.save(calibration, export_dir)
     logging.info("%g%% prediction interval: +/- %.2f months (plain) from %d validation images (rank %d)",
