@@ -186,7 +186,10 @@ def test_reruns_are_new_runs_and_never_touch_published_ones(tiny_export, make, o
   _run(tiny_export, [inputs / "*.png"], output_dir, *args)
   second = outputs_of(output_dir)
   assert second["run_id"] != first["run_id"]  # LATEST moved to the new run
-  assert second["predictions"] == first["predictions"] and second["rejects"] == first["rejects"]
+  # The same rows, except for the run start each row names (provenance).
+  assert [{**r, "run_started_utc": None} for r in second["predictions"]] == [
+      {**r, "run_started_utc": None} for r in first["predictions"]] and second["rejects"] == first["rejects"]
+  assert {r["run_started_utc"] for r in second["predictions"]} == {second["manifest"]["started_utc"]}
   overlays_of = lambda out: {p.name: p.read_bytes() for p in (pathlib.Path(out["run_dir"]) / "overlays").iterdir()}
   assert overlays_of(second) == overlays_of(first)
   _run(tiny_export, [inputs / "0.png"], output_dir, *args)
