@@ -67,15 +67,14 @@ class ModelIdentity:
     return _uid("bone-age model", self.model_id)
 
 
-def model_identity(export_dir: str, export_metadata: dict, software_version: str) -> ModelIdentity:
-  """The model's identity: `model_id` from the export metadata, else a hash of export_metadata.json's content."""
-  model_id = export_metadata.get("model_id")
-  if not model_id:
-    canonical = repr(sorted(export_metadata.items())).encode("utf-8")
-    model_id = hashlib.sha256(canonical).hexdigest()[:12]
+def model_identity(export_dir: str, export_metadata: dict, run_provenance: dict) -> ModelIdentity:
+  """The model's identity: the id (sha256 of the export's weights file) and software version of the run's
+  provenance (bone_age.provenance.run_provenance of this export)."""
+  del export_dir  # the provenance already hashed it
   backbone = export_metadata.get("backbone") or export_metadata.get("config", {}).get("backbone", "")
   name = f"bone-age {backbone} regression".replace("  ", " ").strip()
-  return ModelIdentity(model_id=str(model_id), name=name, version=software_version)
+  return ModelIdentity(model_id=str(run_provenance["model_id"]), name=name,
+                       version=str(run_provenance["software_version"]))
 
 
 def _split_archive_source(source: str, exists) -> tuple[str, str] | None:
@@ -222,6 +221,13 @@ def _reading_evaluation(row: dict):
   return hd.sr.QualitativeEvaluation(name=_private("BA-READ", "Bone age reading at |SDS| > 2"), value=value)
 
 
+def provenance_text(row: dict) -> str:
+  """The row's provenance in one line (the SC's Image Comments; the SR holds it as algorithm parameters)."""
+  from bone_age import provenance  # pylint: disable=g-import-not-at-top
+  fields = ", ".join(f"{key}={row.get(key)}" for key in ("input_sha256", *provenance.ROW_FIELDS))
+  return f"{provenance.RESEARCH_USE_NOTICE} {fields}"
+
+
 def build_sr(header, row: dict, model: ModelIdentity):
   """A TID 1500 measurement report of one row, in the source study, the model as its algorithm."""
   import highdicom as hd  # pylint: disable=g-import-not-at-top
@@ -233,7 +239,7 @@ def build_sr(header, row: dict, model: ModelIdentity):
   parameters = [f"model_id={model.model_id}", f"sex_used={row['sex']} ({row['sex_source']})",
                 f"sds_reference={reference.TABLE_NAME}"]
   for key in ("experiment", "checkpoint_step", "checkpoint_reason", "dataset", "dataset_version", "input_sha256",
-              "interval_level"):
+              "interval_level", "boneage_tta_sd_months", "software_version", "run_started_utc"):
     if row.get(key) is not None:
       parameters.append(f"{key}={row[key]}")
   algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=f"{model.version} model {model.model_id}",
@@ -280,6 +286,7 @@ def build_sc(header, overlay_rgb: np.ndarray, row: dict, model: ModelIdentity):
   # Type 2C for a paired body part (a hand): the source's laterality, empty when it does not say.
   sc.Laterality = header.get("Laterality") or header.get("ImageLaterality") or ""
   sc.DerivationDescription = f"Grad-CAM overlay and results of bone-age model {model.model_id}"
+  sc.ImageComments = provenance_text(row)
   source_ref = Dataset()
   source_ref.ReferencedSOPClassUID = header.SOPClassUID
   source_ref.ReferencedSOPInstanceUID = header.SOPInstanceUID

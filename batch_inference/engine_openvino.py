@@ -25,7 +25,6 @@ conversion. Every OpenVINO import of the project goes through
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -75,18 +74,11 @@ def cache_root() -> str:
 
 
 def _export_digest(export_dir: str) -> str:
-  """sha256 of the export's model.keras (local or gs://): the weights the converted graph holds."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
+  """sha256 of the export's model.keras (local or gs://): the weights the converted graph holds (the model id)."""
   from bone_age import export  # pylint: disable=g-import-not-at-top
+  from bone_age import provenance  # pylint: disable=g-import-not-at-top
 
-  export_dir = export.resolve_export_dir(export_dir)
-  keras_file = export.read_metadata(export_dir).get("keras_file", export.KERAS_FILE)
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(os.path.join(export_dir, keras_file), "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+  return provenance.model_sha256(export.resolve_export_dir(export_dir))
 
 
 def _forward_function(model):

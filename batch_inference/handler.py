@@ -21,6 +21,12 @@ OpenVINO converted once per machine), chosen and resolved on the worker.
 Every engine also returns the backbone's feature map: its global average
 pool is each image's embedding, and Grad-CAM takes the gradient of the months
 with respect to it from the Keras head alone.
+
+With test-time augmentation (`tta_views` > 1) each batch also runs under
+the other views of bone_age.tta, one engine call per view at the same batch
+shape (traced once): the months are the views' mean and their SD the
+spread. Grad-CAM, the embedding and the group probabilities come from the
+plain view.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Inference:
   heatmap: np.ndarray | None  # (S, S) float32 in [0, 1], with Grad-CAM only
   embedding: np.ndarray | None = None  # (C,) float32, global average pool of the backbone features
   engine: str = ""  # what computed it, e.g. 'openvino-float32' (engines.label)
+  tta_sd_months: float | None = None  # SD of the TTA views' months; None without TTA
 
 
 def stack_requests(batch: Sequence[ScoreRequest], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,26 +108,38 @@ class LoadedScorer:
   that forwards method calls (arguments and results are numpy arrays and str).
   """
 
-  def __init__(self, model, gradcam: bool, engine=None):
+  def __init__(self, model, gradcam: bool, engine=None, tta_views: int = 1):
     from batch_inference import engines  # pylint: disable=g-import-not-at-top
+    from bone_age import tta  # pylint: disable=g-import-not-at-top
 
     self._model = model
     self._gradcam = bool(gradcam)
     self._engine = engine if engine is not None else engines.TensorFlowEngine(model)
+    self._tta_views = tta.check_views(tta_views)
 
   def engine_label(self) -> str:
     """The engine and precision that score here, e.g. 'openvino-bf16'."""
     return self._engine.label
 
   def score(self, images: np.ndarray, male: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Months (B,), group probabilities (B, G), Grad-CAM heatmaps (B, S, S) or None, embeddings (B, C)."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Months (B,), group probabilities (B, G), Grad-CAM heatmaps (B, S, S) or None, embeddings (B, C),
+    TTA spread (B,) or None.
+
+    The months are the mean over the TTA views (the plain prediction with one view).
+    """
     outputs = self._engine.run(images, male)
     heatmaps = None
     if self._gradcam:
       from bone_age import gradcam  # pylint: disable=g-import-not-at-top
       heatmaps = gradcam.heatmaps_from_features(self._model, outputs.features, male)
-    return outputs.months, outputs.probabilities, heatmaps, outputs.embeddings
+    months, spread = outputs.months, None
+    if self._tta_views > 1:
+      from bone_age import tta  # pylint: disable=g-import-not-at-top
+      view_months = [outputs.months] + [self._engine.run(view, male).months
+                                        for view in tta.views(images, self._tta_views)[1:]]
+      months, spread = tta.summarise(np.stack(view_months))
+    return months, outputs.probabilities, heatmaps, outputs.embeddings, spread
 
 
 class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
@@ -137,10 +156,12 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     engine: engines.ENGINES entry, resolved on the worker ('auto': the
       fastest installed there).
     precision: engines.PRECISIONS entry ('auto': bf16 only where it holds).
+    tta_views: Test-time augmentation views averaged per image (1: none).
   """
 
   def __init__(self, export_dir: str, *, batch_size: int = 8, gradcam: bool = False,
-               share_model: bool | None = None, engine: str = "tensorflow", precision: str = "float32"):
+               share_model: bool | None = None, engine: str = "tensorflow", precision: str = "float32",
+               tta_views: int = 1):
     super().__init__()
     from batch_inference import engines  # pylint: disable=g-import-not-at-top
 
@@ -154,6 +175,7 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     self._share_model = share_model
     self._engine = engine
     self._precision = precision
+    self._tta_views = int(tta_views)
 
   def share_model_across_processes(self) -> bool:
     # Called on the worker when RunInference sets up, so the GPU check sees
@@ -176,19 +198,19 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
     logging.info("scoring with engine %s", engine.label)
     # RunInference keeps this object alive for the worker's lifetime (per
     # process, or in the owning process when shared): loaded once, not per bundle.
-    return LoadedScorer(model, self._gradcam, engine)
+    return LoadedScorer(model, self._gradcam, engine, self._tta_views)
 
   def run_inference(self, batch: Sequence[ScoreRequest], model: LoadedScorer,
                     inference_args=None) -> Iterable[base.PredictionResult]:
     del inference_args
     size = max(self._batch_size, len(batch))
     images, male = stack_requests(batch, size)
-    months, probs, heatmaps, embeddings = model.score(images, male)
+    months, probs, heatmaps, embeddings, spread = model.score(images, male)
     engine = model.engine_label()
     return [
         base.PredictionResult(
             request, Inference(float(months[i]), probs[i], None if heatmaps is None else heatmaps[i],
-                               embeddings[i], engine))
+                               embeddings[i], engine, None if spread is None else float(spread[i])))
         for i, request in enumerate(batch)
     ]
 

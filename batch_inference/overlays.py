@@ -3,8 +3,9 @@
 Each overlay shows the radiograph, the same radiograph with the Grad-CAM
 heat drawn only where it is high (perceptually uniform colormap), a colour
 bar, and a footer with the id, bone age (and its interval when the row has
-one), chronological age, BA - CA, SD score, the model and "research use only,
-not a medical device".
+one), chronological age, BA - CA, SD score, the provenance (model id,
+experiment, checkpoint, dataset, software version, run time, the input's
+sha256) and "research use only, not a medical device".
 
 Overlays are written by the worker that scored the image, right after the
 batch, so only a downscaled original (at most --overlay_max_px on its long
@@ -21,6 +22,7 @@ import re
 
 import numpy as np
 
+from bone_age import provenance
 from bone_age import reporting
 
 OVERLAYS_DIR = "overlays"
@@ -33,7 +35,7 @@ _HEAT_ALPHA_MAX = 0.65  # the hottest regions still let the bone show through
 _MARGIN_PX = 8
 _GAP_PX = 8
 _TITLE_PX = 22
-_FOOTER_PX = 62
+_FOOTER_PX = 80
 _COLORBAR_PX = 100  # the bar and its labels
 _BAR_WIDTH_PX = 14
 _MIN_PANEL_PX = 320
@@ -86,14 +88,18 @@ def footer_lines(row: dict, model_id: str | None = None) -> list[str]:
   """The overlay's footer in plain words, from an output row.
 
   Optional row keys are shown when present: a prediction interval
-  (`interval_low_months`, `interval_high_months`, `interval_level`) and
-  `model_id` (the row's own wins over the argument).
+  (`interval_low_months`, `interval_high_months`, `interval_level`), the TTA
+  spread (`boneage_tta_sd_months`), `model_id` (the row's own wins over the
+  argument) and the provenance fields (bone_age.provenance.ROW_FIELDS,
+  `input_sha256`).
   """
   ba = f"Bone age {row['boneage']} ({row['boneage_months']:.1f} months)"
   if row.get("interval_low_months") is not None and row.get("interval_high_months") is not None:
     level = row.get("interval_level")
     level_text = f"{100 * float(level):.0f}% " if level is not None else ""
     ba += f", {level_text}interval {row['interval_low_months']:.1f} to {row['interval_high_months']:.1f} months"
+  if row.get("boneage_tta_sd_months") is not None:
+    ba += f", TTA SD {row['boneage_tta_sd_months']:.1f}"
   sex = {"M": "male", "F": "female"}.get(row["sex"], row["sex"])
   sex_from = {"csv": "from the metadata table", "dicom": "from the DICOM header", "assumed": "assumed, not known",
               "assumed_both": "assumed, not known (scored as both)"}.get(row["sex_source"], row["sex_source"])
@@ -107,11 +113,14 @@ def footer_lines(row: dict, model_id: str | None = None) -> list[str]:
       age_line += f"; SD score {_signed(row['sds'], 2)} ({row['sds_reading']})"
     elif row.get("sds_missing_reason"):
       age_line += f"; no SD score ({row['sds_missing_reason'].replace('_', ' ')})"
-  return [
-      f"{row['id']}: {ba}; {sex} ({sex_from})",
-      age_line,
-      f"Model {row.get('model_id') or model_id or 'unknown'}. Research use only, not a medical device.",
-  ]
+  model = (f"Model {row.get('model_id') or model_id or 'unknown'}: experiment {row.get('experiment') or 'unknown'}, "
+           f"step {row.get('checkpoint_step') if row.get('checkpoint_step') is not None else 'unknown'} "
+           f"({row.get('checkpoint_reason') or 'reason unknown'}), trained on {row.get('dataset') or 'unknown'} "
+           f"{row.get('dataset_version') or ''}; software {row.get('software_version') or 'unknown'}")
+  sha = row.get("input_sha256")
+  run = (f"Run {row.get('run_started_utc') or 'time unknown'}; input sha256 {sha[:16] + '...' if sha else 'unknown'}. "
+         f"{provenance.RESEARCH_USE_NOTICE}")
+  return [f"{row['id']}: {ba}; {sex} ({sex_from})", age_line, model, run]
 
 
 def _heat_alpha(heatmap: np.ndarray) -> np.ndarray:
@@ -176,7 +185,11 @@ def render(original: np.ndarray, heatmap: np.ndarray, row: dict, model_id: str |
   grey = np.repeat(original[..., None], 3, axis=2)
   gap = np.full((height, _GAP_PX, 3), 255, np.uint8)
   panels = np.concatenate([grey, gap, _heat_on_grey(original, heatmap, colormap)], axis=1)
-  fig_w = max(_MARGIN_PX + panels.shape[1] + _COLORBAR_PX, _MIN_FIGURE_WIDTH_PX)  # room for the footer
+  footer = footer_lines(row, model_id)
+  text, small = _font(13), _font(11)
+  footer_w = max(text.getlength(line) for line in footer)
+  # Wide enough for the panels and the colour bar, and for the longest footer line.
+  fig_w = max(_MARGIN_PX + panels.shape[1] + _COLORBAR_PX, _MIN_FIGURE_WIDTH_PX, int(footer_w) + 2 * _MARGIN_PX)
   fig_h = _TITLE_PX + height + _FOOTER_PX
   canvas = np.full((fig_h, fig_w, 3), 255, np.uint8)
   canvas[_TITLE_PX:_TITLE_PX + height, _MARGIN_PX:_MARGIN_PX + panels.shape[1]] = panels
@@ -187,7 +200,6 @@ def render(original: np.ndarray, heatmap: np.ndarray, row: dict, model_id: str |
       np.round(colormap(levels)[:, :3] * 255.0))[:, None, :]
   image = Image.fromarray(canvas)
   draw = ImageDraw.Draw(image)
-  text, small = _font(13), _font(11)
   draw.text((_MARGIN_PX, 3), "Radiograph", font=text, fill=(0, 0, 0))
   draw.text((_MARGIN_PX + width + _GAP_PX, 3), "Where the model looked (Grad-CAM)", font=text, fill=(0, 0, 0))
   label_x = bar_x + _BAR_WIDTH_PX + 4
@@ -195,7 +207,7 @@ def render(original: np.ndarray, heatmap: np.ndarray, row: dict, model_id: str |
   for fraction, label in ((0.0, "1 highest"), (0.5, "0.5"), (1.0, "0 none")):
     y = _TITLE_PX + fraction * (height - 1)
     draw.text((label_x, y), label, font=small, fill=(0, 0, 0), anchor="lm")
-  for i, line in enumerate(footer_lines(row, model_id)):
+  for i, line in enumerate(footer):
     draw.text((_MARGIN_PX, _TITLE_PX + height + 6 + i * 18), line, font=text, fill=(0, 0, 0))
   return np.asarray(image)
 

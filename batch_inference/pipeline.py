@@ -31,6 +31,7 @@ from apache_beam.ml.inference import base as ml_base
 
 from beam_pipelines import rejects
 from beam_pipelines import transforms
+from bone_age import provenance
 from batch_inference import handler
 from batch_inference import patients
 from batch_inference import records
@@ -55,12 +56,14 @@ class ScoredRows:
 
 
 class DecodeWithMetadataFn(transforms.DecodeLetterboxFn):
-  """((id, source, bytes), row) -> (PreparedImage, row): the shared decoder, the metadata row carried beside."""
+  """((id, source, bytes), row) -> (PreparedImage, row, sha256 of the bytes): the shared decoder, the metadata row
+  and the input's hash (provenance: which file was scored) carried beside."""
 
   def process(self, element):
     item, row = element
+    digest = provenance.bytes_sha256(item[2])
     for out in super().process(item):
-      yield out if isinstance(out, beam.pvalue.TaggedOutput) else (out, row)
+      yield out if isinstance(out, beam.pvalue.TaggedOutput) else (out, row, digest)
 
 
 def _patterns(pipeline, config):
@@ -81,7 +84,8 @@ def _first_file(element):
 
 
 def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: list[str], run_dir: str,
-               metadata_fields: list[str] | None = None, model_id: str | None = None) -> ScoredRows:
+               metadata_fields: list[str] | None = None, model_id: str | None = None,
+               run_fields: dict | None = None, interval: dict | None = None) -> ScoredRows:
   """Adds the scoring graph to `pipeline` (overlays are written under run_dir).
 
   Args:
@@ -94,10 +98,14 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
     metadata_fields: The metadata CSV's columns (patients.read_metadata_header),
       read from its header when not given.
     model_id: The model's id, written on the overlays.
+    run_fields: Run-level provenance copied into every row (bone_age.provenance.row_fields).
+    interval: {"half_width_months", "level"} of the export's conformal interval
+      for this run's TTA views and alpha, or {"missing_reason"}.
   """
   model_handler = ml_base.KeyedModelHandler(
       handler.BoneAgeModelHandler(export_dir, batch_size=config.batch_size, gradcam=config.gradcam,
-                                  engine=config.engine, precision=config.precision))
+                                  engine=config.engine, precision=config.precision,
+                                  tta_views=getattr(config, "tta_views", 1)))
   if config.metadata_csv and metadata_fields is None:
     metadata_fields = patients.read_metadata_header(config.metadata_csv)
 
@@ -129,7 +137,8 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
   finished = (requests.requests
               | "RunInference" >> ml_base.RunInference(model_handler)
               | "FinishPredictions" >> beam.ParDo(records.FinishPredictionFn(
-                  run_dir, group_names, model_id, export_dir)).with_outputs(records.WORKER_TALLY_TAG, main="rows"))
+                  run_dir, group_names, model_id, export_dir, run_fields, interval)).with_outputs(
+                      records.WORKER_TALLY_TAG, main="rows"))
   settled = (finished.rows
              | "KeyRowsById" >> beam.Map(lambda r: (r["id"], r))
              | "GroupRowsById" >> beam.GroupByKey()

@@ -39,11 +39,12 @@ class ScoreKey:
   suffix: str  # '' or '-M' / '-F' under --unknown_sex=both, for the overlay name
   counts_image: bool = True  # False for the second subject of one image (--unknown_sex=both)
   quality_flags: tuple = ()  # (code, detail) pairs from the quality gate (PreparedImage.quality_flags)
+  input_sha256: str | None = None  # sha256 of the input's bytes (the file or archive member)
 
 
 class PrepareRequestFn(beam.DoFn):
-  """(PreparedImage, MetadataRow or None) -> (ScoreKey, ScoreRequest) per subject, or an unknown-sex / bad-label
-  reject."""
+  """(PreparedImage, MetadataRow or None[, input sha256]) -> (ScoreKey, ScoreRequest) per subject, or an
+  unknown-sex / bad-label reject."""
 
   def __init__(self, unknown_sex: str, overlay_max_px: int | None):
     super().__init__()
@@ -51,7 +52,7 @@ class PrepareRequestFn(beam.DoFn):
     self._overlay_max_px = overlay_max_px
 
   def process(self, element):
-    prepared, row = element
+    prepared, row, *digest = element
     try:
       subjects = patients.resolve_subjects(prepared.id, prepared.source, prepared.patient, row, self._unknown_sex)
     except errors.InputError as e:
@@ -63,7 +64,7 @@ class PrepareRequestFn(beam.DoFn):
     for i, subject in enumerate(subjects):
       suffix = f"-{subject.sex}" if len(subjects) > 1 else ""
       key = ScoreKey(prepared.id, prepared.source, subject, prepared.transform, small, suffix, counts_image=i == 0,
-                     quality_flags=tuple(prepared.quality_flags))
+                     quality_flags=tuple(prepared.quality_flags), input_sha256=digest[0] if digest else None)
       yield key, handler.ScoreRequest(prepared.image, subject.male)
 
 
@@ -72,7 +73,7 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: list[str],
-                   ood_stats=None) -> dict:
+                   ood_stats=None, run_fields: dict | None = None, interval: dict | None = None) -> dict:
   """The output row of one scored subject (JSON-serialisable).
 
   `quality_flags` lists the gate's decision codes (bone_age.quality: a
@@ -81,6 +82,15 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
   doubt is invisible in the predictions. With the export's OOD statistics
   (bone_age.ood), `ood_score` is the embedding's distance from training and
   a score above the calibrated threshold adds the `out_of_distribution` flag.
+
+  `boneage_months` is the mean of the TTA views (the plain prediction
+  without TTA) and `boneage_tta_sd_months` their spread. With the export's
+  conformal calibration (`interval`: half-width and level), the row has the
+  interval [`interval_low_months`, `interval_high_months`] at
+  `interval_level`; without one, `interval_missing_reason` says why. Every
+  row carries the run's provenance (`run_fields`: model id, experiment,
+  checkpoint, dataset, software version, run start) and its input's
+  `input_sha256`.
   """
   subject = key.subject
   months = float(inference.boneage_months)
@@ -116,7 +126,24 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
       "ood_score": _round(ood_score, 4),
   }
   row.update(reference.sds_columns(months, age, subject.sex))
+  row.update(interval_columns(months, inference.tta_sd_months, interval))
+  row["input_sha256"] = key.input_sha256
+  row.update(run_fields or {})
   return row
+
+
+def interval_columns(months: float, tta_sd_months: float | None, interval: dict | None) -> dict:
+  """The row's TTA spread and conformal interval columns (bone_age.conformal)."""
+  out = {"boneage_tta_sd_months": _round(tta_sd_months), "interval_level": None, "interval_low_months": None,
+         "interval_high_months": None, "interval_missing_reason": None}
+  if interval and interval.get("half_width_months") is not None:
+    from bone_age import conformal  # pylint: disable=g-import-not-at-top
+    low, high = conformal.bounds(months, interval["half_width_months"])
+    out.update(interval_level=interval["level"], interval_low_months=_round(low),
+               interval_high_months=_round(high))
+  else:
+    out["interval_missing_reason"] = (interval or {}).get("missing_reason", "no interval calibration")
+  return out
 
 
 def worker_id() -> str:
@@ -132,8 +159,10 @@ class FinishPredictionFn(beam.DoFn):
   """
 
   def __init__(self, run_dir: str, group_names: list[str], model_id: str | None = None,
-               export_dir: str | None = None):
+               export_dir: str | None = None, run_fields: dict | None = None, interval: dict | None = None):
     super().__init__()
+    self._run_fields = dict(run_fields or {})
+    self._interval = interval
     self._run_dir = run_dir
     self._model_id = model_id
     self._group_names = list(group_names)
@@ -144,7 +173,7 @@ class FinishPredictionFn(beam.DoFn):
   def process(self, element):
     key, result = element
     inference = result.inference
-    row = prediction_row(key, inference, self._group_names, self._ood_stats)
+    row = prediction_row(key, inference, self._group_names, self._ood_stats, self._run_fields, self._interval)
     if inference.heatmap is not None and key.overlay_original is not None:
       name = overlays.overlay_file_name(key.id, key.source, key.suffix)
       heat = overlays.heatmap_on_original(key.transform, inference.heatmap, key.overlay_original.shape)

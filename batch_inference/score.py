@@ -3,7 +3,8 @@
   boneage-score --model_dir=EXPORT_OR_MODEL_DIR --inputs=PATTERN[,PATTERN...]
       --output_dir=DIR [--metadata_csv=CSV] [--gradcam=true]
       [--unknown_sex=reject|both|male|female] [--batch_size=N]
-      [--engine=tensorflow|openvino|auto] [--precision=float32|bf16|int8|auto] [Beam options]
+      [--engine=tensorflow|openvino|auto] [--precision=float32|bf16|int8|auto]
+      [--tta_views=N] [--interval_alpha=A] [Beam options]
 
 Beam options (--runner=DirectRunner|DaskRunner|DataflowRunner,
 --direct_running_mode, --dask_client_address, --project, --setup_file, ...)
@@ -33,9 +34,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipelines import progress
 from beam_pipelines import runners
 from bone_age import age_groups
+from bone_age import conformal
 from bone_age import errors
 from bone_age import imaging
+from bone_age import provenance
 from bone_age import quality
+from bone_age import tta
 from batch_inference import dicom_outputs
 from batch_inference import engines
 from batch_inference import handler
@@ -53,6 +57,7 @@ _FLAG_GROUPS = (
                                        "metadata_csv", "unknown_sex")),
     cli.FlagGroup("Outputs", ("output_dir", "gradcam", "overlay_max_px", "dicom_outputs", "dicomweb_url")),
     cli.FlagGroup("Engine", ("engine", "precision", "batch_size")),
+    cli.FlagGroup("Uncertainty", ("tta_views", "interval_alpha")),
     cli.FlagGroup("Input limits and quality", ("quality_gate", "max_member_bytes", "members_per_read",
                                                "max_pixels")),
 )
@@ -80,6 +85,8 @@ class ScoreConfig:
   engine: str = "tensorflow"
   precision: str = engines.FLOAT32
   quality_gate: str = quality.DEFAULT_POLICY
+  tta_views: int = tta.DEFAULT_VIEWS
+  interval_alpha: float = conformal.DEFAULT_ALPHA
 
 # --batch_size=0 picks CPU_BATCH_SIZE, or engines.GPU_MIN_BATCH_SIZE for GPU workers.
 CPU_BATCH_SIZE = 8
@@ -137,6 +144,13 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        "carry the patient's identity from the source header.", flag_values=fv)
   flags.DEFINE_string("dicomweb_url", None, "DICOMweb root of a PACS (e.g. http://host:8042/dicom-web): send the DICOM "
                       "outputs there with STOW-RS (implies --dicom_outputs).", flag_values=fv)
+  flags.DEFINE_integer("tta_views", tta.DEFAULT_VIEWS, "Test-time augmentation views averaged per image "
+                       "(bone_age.tta: small rotations, scales and shifts, never a flip; each one more forward pass). "
+                       "The row's boneage_months is their mean, boneage_tta_sd_months their spread; 1 = off.",
+                       lower_bound=1, upper_bound=tta.MAX_VIEWS, flag_values=fv)
+  flags.DEFINE_float("interval_alpha", conformal.DEFAULT_ALPHA, "Miscoverage of the split-conformal prediction "
+                     "interval in every row (0.1: a 90% interval), from the export's calibration.",
+                     lower_bound=1e-6, upper_bound=1 - 1e-6, flag_values=fv)
 
 
 def _usage_error(message: str) -> None:
@@ -166,7 +180,7 @@ def parse_args(argv: list[str]) -> tuple[ScoreConfig, list[str]]:
       inputs_manifest=fv.inputs_manifest, allow_empty_patterns=fv.allow_empty_patterns,
       members_per_read=fv.members_per_read, dicom_outputs=fv.dicom_outputs or bool(fv.dicomweb_url),
       dicomweb_url=fv.dicomweb_url, engine=fv.engine, precision=fv.precision,
-      quality_gate=fv.quality_gate)
+      quality_gate=fv.quality_gate, tta_views=fv.tta_views, interval_alpha=fv.interval_alpha)
   if config.precision in engines.REDUCED_PRECISIONS and config.engine == "tensorflow":
     _usage_error(f"--precision={config.precision} needs --engine=openvino (or auto); the TensorFlow engine runs float32")
   cli.import_tensorflow_quietly(argv)  # before bone_age.export, which imports it
@@ -211,16 +225,37 @@ def resolve_export(model_dir: str) -> tuple[str, dict]:
                        "export/ folder")
 
 
+def interval_for_run(export_dir: str, tta_views: int, alpha: float) -> dict:
+  """{"half_width_months", "level", ...} of the export's conformal interval for this run, or {"missing_reason"}."""
+  calibration = conformal.load(export_dir)
+  if calibration is None:
+    return {"missing_reason": f"the export has no {conformal.CONFORMAL_SCORES_FILE} (no interval calibration)"}
+  try:
+    half_width = conformal.half_width_months(calibration, tta_views, alpha)
+  except ValueError as e:
+    return {"missing_reason": str(e)}
+  return {"half_width_months": half_width, "level": round(1.0 - alpha, 6), "alpha": alpha, "tta_views": tta_views,
+          "method": conformal.METHOD, "n_calibration": calibration.num_calibration,
+          "rank": conformal.finite_sample_rank(calibration.num_calibration, alpha),
+          "calibration_split": calibration.split}
+
+
 def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict, run_dir: str,
-          monitor: progress.ProgressMonitor | None = None) -> None:
+          run_started_utc: str | None = None, monitor: progress.ProgressMonitor | None = None) -> dict:
   """Adds the scoring graph and its writers to `pipeline`; every file goes into run_dir.
 
   With a monitor, every scored row and every reject also passes a progress count (a side branch).
+
+  Returns:
+    {"provenance": run provenance, "prediction_interval": the interval used} for the summary.
   """
   group_names = age_groups.group_names(export_metadata["age_group_edges_months"])
-  model = dicom_outputs.model_identity(export_dir, export_metadata, software_version())
+  run_info = provenance.run_provenance(export_dir, export_metadata, run_started_utc)
+  interval = interval_for_run(export_dir, config.tta_views, config.interval_alpha)
+  model = dicom_outputs.model_identity(export_dir, export_metadata, run_info)
   scored = scoring.score_rows(pipeline, config, export_dir, int(export_metadata["image_size_px"]), group_names,
-                              run_dir, model_id=model.model_id)
+                              run_dir, model_id=model.model_id, run_fields=provenance.row_fields(run_info),
+                              interval=interval)
   if config.dicom_outputs:
     rows = scored.rows | "DicomOutputs" >> beam.ParDo(dicom_outputs.WriteDicomOutputsFn(
         run_dir, model, config.dicomweb_url))
@@ -229,6 +264,8 @@ def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict,
   if monitor is not None:
     _ = ((scored.rows, *scored.rejects) | "ProgressItems" >> beam.Flatten()
          | "Progress" >> progress.CountProgress(monitor.progress_dir, monitor.stage))
+
+  return {"provenance": run_info, "prediction_interval": interval}
 
 
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -249,15 +286,6 @@ def expected_inputs(config: ScoreConfig) -> int | None:
       return None
     total += max(len(paths), 1)  # a pattern matching nothing is one missing_file reject
   return total
-
-
-def software_version() -> str:
-  """The installed bone-age package's version ('unknown' when run from an uninstalled tree)."""
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  try:
-    return importlib.metadata.version("bone-age")
-  except importlib.metadata.PackageNotFoundError:
-    return "unknown"
 
 
 def nothing_read(summary: dict) -> bool:
@@ -301,7 +329,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
     with progress.ProgressMonitor("scoring", total=expected_inputs(config), unit="inputs",
                                   enabled=test_pipeline is None) as monitor:
-      build(pipeline, config, export_dir, export_metadata, run_.path, monitor)
+      described = build(pipeline, config, export_dir, export_metadata, run_.path, run_.started_utc, monitor)
       result = pipeline.run()
       result.wait_until_finish()
     summary = {
@@ -312,7 +340,10 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         "image_size_px": int(export_metadata["image_size_px"]), "dicom_outputs": config.dicom_outputs,
         "dicomweb_url": config.dicomweb_url,
         # What was asked for; rows_by_engine (from the rows) says what each worker resolved it to.
-        "engine": {"requested": config.engine, "precision": config.precision, "batch_size": config.batch_size}}
+        "engine": {"requested": config.engine, "precision": config.precision, "batch_size": config.batch_size},
+        "tta_views": config.tta_views,
+        "notice": provenance.RESEARCH_USE_NOTICE,
+        **described}
     summary["status"] = runs.STATUS_NOTHING_READ if nothing_read(summary) else runs.STATUS_COMPLETE
     run_.publish(summary, _manifest_files(run_, config.gradcam, config.dicom_outputs), summary["status"])
   except BaseException as e:
@@ -340,6 +371,17 @@ def format_summary(summary: dict) -> str:
     lines.append(f"images scored per worker: {summary['scored_per_worker']}")
   if summary.get("rows_by_engine"):
     lines.append(f"rows by engine: {summary['rows_by_engine']}")
+  interval = summary.get("prediction_interval") or {}
+  if interval.get("half_width_months") is not None:
+    lines.append(f"{100 * interval['level']:g}% interval: boneage_months +/- {interval['half_width_months']:.1f} months "
+                 f"(split conformal, {interval['n_calibration']} calibration images, {summary['tta_views']} TTA views)")
+  elif interval:
+    lines.append(f"no prediction interval: {interval['missing_reason']}")
+  model = summary.get("provenance") or {}
+  if model:
+    lines.append(f"model {model['model_id']} (experiment {model['experiment']}, step {model['checkpoint_step']} "
+                 f"({model['checkpoint_reason']}), dataset {model['dataset']} {model['dataset_version']}), "
+                 f"software {model['software_version']}. {model['notice']}")
   lines.append(f"outputs in {summary['output_dir']} (status {summary['status']})")
   return "\n".join(lines)
 

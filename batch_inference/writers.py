@@ -26,6 +26,7 @@ import json
 import apache_beam as beam
 
 from bone_age import errors
+from bone_age import provenance
 from batch_inference import overlays
 from batch_inference import patients
 from batch_inference import runs
@@ -42,6 +43,11 @@ BASE_COLUMNS = (
     "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
     "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "sds", "sds_reading",
     "sds_missing_reason", "overlay_path", "quality_flags", "ood_score", "engine")
+# The TTA spread and conformal interval (records.interval_columns), then the provenance (bone_age.provenance).
+INTERVAL_COLUMNS = ("boneage_tta_sd_months", "interval_level", "interval_low_months", "interval_high_months",
+                    "interval_missing_reason")
+PROVENANCE_COLUMNS = ("input_sha256", *provenance.ROW_FIELDS)
+ROW_COLUMNS = (*BASE_COLUMNS, *INTERVAL_COLUMNS, *PROVENANCE_COLUMNS)
 
 # Tags of the items the counting combiner sees.
 _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
@@ -50,7 +56,8 @@ _READ, _ROW, _REJECT, _WORKER = "read", "row", "reject", "worker"
 # Month values in the written rows are rounded to this many decimals: a tenth of a month is far below the
 # model's error, and more digits would suggest a precision it does not have.
 MONTHS_DECIMALS = 1
-_MONTHS_FIELDS = ("boneage_months", "chronological_age_months", "ba_minus_ca_months")
+_MONTHS_FIELDS = ("boneage_months", "chronological_age_months", "ba_minus_ca_months", "boneage_tta_sd_months",
+                  "interval_low_months", "interval_high_months")
 
 
 def probability_columns(group_names: list[str]) -> list[str]:
@@ -71,7 +78,7 @@ def probability_columns(group_names: list[str]) -> list[str]:
 
 
 def csv_columns(group_names: list[str]) -> list[str]:
-  return list(BASE_COLUMNS) + probability_columns(group_names)
+  return list(ROW_COLUMNS) + probability_columns(group_names)
 
 
 def rounded(row: dict) -> dict:
@@ -96,7 +103,7 @@ def csv_header(group_names: list[str]) -> str:
 
 def csv_row(row: dict, group_names: list[str]) -> str:
   """One predictions row as a CSV line (no line end: the text sink adds it)."""
-  values = [row.get(c) for c in BASE_COLUMNS]  # a column a row lacks stays empty
+  values = [row.get(c) for c in ROW_COLUMNS]  # a column a row lacks stays empty
   values = ["" if v is None else ";".join(v) if isinstance(v, list) else v for v in values]
   values += [row["age_group_probabilities"][name] for name in group_names]
   return _csv_line(values)

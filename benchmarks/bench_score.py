@@ -125,7 +125,8 @@ def score_once(export_dir, inputs_pattern, metadata_csv, output_dir, gradcam: bo
 
   argv = [f"--model_dir={export_dir}", f"--inputs={inputs_pattern}", f"--output_dir={output_dir}",
           f"--metadata_csv={metadata_csv}", f"--batch_size={args.batch_size}", f"--gradcam={str(gradcam).lower()}",
-          f"--engine={args.engine}", f"--precision={args.precision}"]
+          f"--engine={args.engine}", f"--precision={args.precision}",
+          "--tta_views=1"]  # one forward per image, like the bare baseline
   argv += args.beam_args.split()
   cpu_start = time.process_time()
   start = time.perf_counter()
@@ -163,7 +164,8 @@ def peak_memory(export_dir, data_dir: pathlib.Path, copies: int, work: pathlib.P
       lines.append(f"{path.stem}_{copy},{labels[path.stem]}")
   (work / f"meta{copies}.csv").write_text("\n".join(lines) + "\n")
   argv = [f"--model_dir={export_dir}", f"--inputs={inputs}/*", f"--output_dir={work / f'out{copies}'}",
-          f"--metadata_csv={work / f'meta{copies}.csv'}", f"--batch_size={args.batch_size}", "--gradcam=true"]
+          f"--metadata_csv={work / f'meta{copies}.csv'}", f"--batch_size={args.batch_size}", "--gradcam=true",
+          "--tta_views=1"]
   argv += args.beam_args.split()
   start = time.perf_counter()
   proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD.format(repo=str(REPO), argv=argv)],

@@ -131,7 +131,8 @@ def steady_state(output_dir: str, launched: float) -> dict:
 def score_once(export_dir, inputs: dict, layout: str, runner: str, workers: int, out: pathlib.Path, args) -> dict:
   """One boneage-score run in a fresh launcher (and, for Dask, a fresh cluster)."""
   argv = [f"--model_dir={export_dir}", f"--inputs={inputs[layout]}", f"--output_dir={out}",
-          f"--metadata_csv={inputs['labels']}", f"--batch_size={args.batch_size}", "--gradcam=true"]
+          f"--metadata_csv={inputs['labels']}", f"--batch_size={args.batch_size}", "--gradcam=true",
+          "--tta_views=1"]  # one forward per image: the graph's scaling, not TTA's cost
   cluster = client = None
   if runner == "dask":
     import distributed  # pylint: disable=g-import-not-at-top

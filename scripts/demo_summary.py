@@ -37,7 +37,12 @@ def patient_lines(row: dict, run_dir: str) -> list[str]:
   """One patient's result in words: BA (with interval), CA, BA - CA, SDS and reading, the SR's path."""
   ba = f"bone age {row['boneage']} ({row['boneage_months']:.1f} months)"
   if row.get("interval_low_months") is not None:
-    ba += f", interval {row['interval_low_months']:.1f} to {row['interval_high_months']:.1f} months"
+    ba += (f", {100 * row['interval_level']:g}% interval {row['interval_low_months']:.1f} to "
+           f"{row['interval_high_months']:.1f} months")
+  else:
+    ba += f", no interval ({row.get('interval_missing_reason')})"
+  if row.get("boneage_tta_sd_months") is not None:
+    ba += f", TTA SD {row['boneage_tta_sd_months']:.1f} months"
   if row.get("chronological_age_months") is None:
     age = "chronological age unknown: no BA - CA, no SDS"
   else:
@@ -46,7 +51,16 @@ def patient_lines(row: dict, run_dir: str) -> list[str]:
     age += (f"SDS {row['sds']:+.2f} ({row['sds_reading']})" if row.get("sds") is not None
             else f"no SDS ({row['sds_missing_reason']})")
   sr = os.path.join(run_dir, row["dicom_sr_path"]) if row.get("dicom_sr_path") else f"no SR ({row.get('dicom_status')})"
-  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}"]
+  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}",
+          f"  input sha256 {row.get('input_sha256')}"]
+
+
+def provenance_line(summary: dict) -> str:
+  """Which model made the results, from the run's summary."""
+  p = summary.get("provenance") or {}
+  return (f"model {p.get('model_id')} (sha256 {p.get('model_sha256')}), experiment {p.get('experiment')}, "
+          f"step {p.get('checkpoint_step')} ({p.get('checkpoint_reason')}), dataset {p.get('dataset')} "
+          f"{p.get('dataset_version')}, software {p.get('software_version')}, run {p.get('run_started_utc')}")
 
 
 def main(out: str) -> int:
@@ -90,6 +104,12 @@ def main(out: str) -> int:
   if share:
     print(f"  Grad-CAM: {100 * share['heat_mass_in_mask_mean']:.0f}% of the heat lies in the age-signal mask, which "
           f"covers {100 * share['mask_area_fraction_mean']:.0f}% of the image ({share['ratio_to_area']:.1f}x)")
+  interval = report.get("prediction_interval") or {}
+  if interval.get("coverage") is not None:
+    print(f"  {100 * interval['level']:g}% interval on the test split: coverage {100 * interval['coverage']:.0f}%, "
+          f"mean width {interval['mean_width_months']:.1f} months ({interval['tta_views']} TTA views, "
+          f"{interval['n_calibration']} calibration images)")
+  print(f"  {provenance_line(summary)}")
   print("\n  Three patients (research use only, not a medical device):")
   for row in _three_patients(scores["predictions"]):
     for line in patient_lines(row, run_dir):

@@ -20,6 +20,7 @@ mask's share of the image (trainer.gradcam_mask).
 """
 
 import csv
+import datetime
 import json
 import os
 
@@ -29,11 +30,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from bone_age import age_groups
+from bone_age import conformal
 from bone_age import errors
 from bone_age import export as ba_export
 from bone_age import metrics
 from bone_age import model as ba_model
+from bone_age import provenance
 from bone_age import schema
+from bone_age import tta
 from trainer import gradcam_mask
 from trainer import input_pipeline
 from trainer import plots
@@ -86,25 +90,61 @@ def training_mean_months(builder) -> float | None:
   return float(values.mean()) if values.size else None
 
 
-def predict_split(model, builder, split: str, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
-  """Streams a split through the model; returns per-image numpy arrays."""
+def predict_split(model, builder, split: str, batch_size: int = DEFAULT_BATCH_SIZE, tta_views: int = 1) -> dict:
+  """Streams a split through the model; returns per-image numpy arrays.
+
+  With tta_views > 1 each batch is also scored under the first tta_views
+  views of bone_age.tta: `pred_months` is the views' mean, `pred_sd_months`
+  their spread and `view_months` (V, N) every view's months. The group
+  probabilities are the plain (un-augmented) view's.
+  """
+  tta.check_views(tta_views)
   if split not in builder.info.splits:
     raise errors.InputError(str(builder.data_dir), errors.MISSING_FILE,
                             f"dataset has no split {split!r} (has {sorted(builder.info.splits.keys())})")
   ds = builder.as_dataset(split=split, shuffle_files=False).batch(batch_size).prefetch(2)
-  columns = {"id": [], "male": [], "true_months": [], "pred_months": [], "group_probs": []}
+  columns = {"id": [], "male": [], "true_months": [], "view_months": [], "group_probs": []}
   for batch in ds.as_numpy_iterator():
     male = batch[schema.MALE].astype(np.float32)
-    out = model.predict_on_batch({ba_model.IMAGE_INPUT: batch[schema.IMAGE], ba_model.MALE_INPUT: male[:, None]})
+    view_months, probs = [], None
+    for view_images in tta.views(batch[schema.IMAGE], tta_views):
+      out = model.predict_on_batch({ba_model.IMAGE_INPUT: view_images, ba_model.MALE_INPUT: male[:, None]})
+      view_months.append(np.asarray(out[ba_model.AGE_OUTPUT], np.float64).reshape(-1))
+      probs = np.asarray(out[ba_model.GROUP_OUTPUT], np.float64) if probs is None else probs
     columns["id"].extend(i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in batch[schema.ID])
     columns["male"].append(batch[schema.MALE].astype(np.int64))
     columns["true_months"].append(batch[schema.BONEAGE_MONTHS].astype(np.float64))
-    columns["pred_months"].append(np.asarray(out[ba_model.AGE_OUTPUT], np.float64).reshape(-1))
-    columns["group_probs"].append(np.asarray(out[ba_model.GROUP_OUTPUT], np.float64))
+    columns["view_months"].append(np.stack(view_months))
+    columns["group_probs"].append(probs)
   num_groups = len(ba_model.age_group_edges(model)) + 1
-  empty = {"male": np.zeros((0,), np.int64), "group_probs": np.zeros((0, num_groups))}
-  return {k: (np.asarray(v) if k == "id" else (np.concatenate(v) if v else empty.get(k, np.zeros((0,)))))
-          for k, v in columns.items()}
+  empty = {"male": np.zeros((0,), np.int64), "group_probs": np.zeros((0, num_groups)),
+           "view_months": np.zeros((tta_views, 0))}
+  out = {k: (np.asarray(v) if k == "id" else (np.concatenate(v, axis=-1 if k == "view_months" else 0) if v
+                                              else empty.get(k, np.zeros((0,)))))
+         for k, v in columns.items()}
+  out["pred_months"], out["pred_sd_months"] = tta.summarise(out["view_months"])
+  return out
+
+
+def interval_report(predictions: dict, calibration, tta_views: int, alpha: float) -> dict:
+  """Adds interval bounds to `predictions` and returns the split's coverage and mean width.
+
+  Raises:
+    ValueError: when the calibration cannot give this alpha or view count.
+  """
+  half_width = conformal.half_width_months(calibration, tta_views, alpha)
+  low, high = conformal.bounds(predictions["pred_months"], half_width)
+  predictions["interval_low_months"], predictions["interval_high_months"] = low, high
+  labeled = np.isfinite(predictions["true_months"])
+  return {
+      "method": conformal.METHOD, "level": round(1.0 - alpha, 6), "alpha": alpha, "tta_views": tta_views,
+      "half_width_months": half_width, "n_calibration": calibration.num_calibration,
+      "rank": conformal.finite_sample_rank(calibration.num_calibration, alpha),
+      "count": int(labeled.sum()),
+      "coverage": conformal.coverage(predictions["true_months"][labeled], low[labeled], high[labeled]),
+      "mean_width_months": float(np.mean(high[labeled] - low[labeled])) if labeled.any() else None,
+      "mean_tta_sd_months": float(np.mean(predictions["pred_sd_months"])) if tta_views > 1 and labeled.any() else None,
+  }
 
 
 def _all(true, pred, true_group, pred_group, num_groups, mask):
@@ -143,16 +183,20 @@ def compute_report(predictions: dict, edges: list[float], train_mean_months: flo
 
 def _write_predictions(path: str, predictions: dict, edges: list[float]) -> None:
   names = age_groups.group_names(edges)
+  has_interval = "interval_low_months" in predictions
   with tf.io.gfile.GFile(path, "w") as f:
     writer = csv.writer(f)
-    writer.writerow(["id", "sex", "true_months", "pred_months", "true_group", "pred_group"]
+    writer.writerow(["id", "sex", "true_months", "pred_months", "pred_tta_sd_months", "interval_low_months",
+                     "interval_high_months", "true_group", "pred_group"]
                     + [f"prob_{slug}" for slug in age_groups.group_slugs(edges)])
     for i, example_id in enumerate(predictions["id"]):
       true_months = predictions["true_months"][i]
       labeled = bool(np.isfinite(true_months))
       probs = predictions["group_probs"][i]
+      interval = ([f"{predictions['interval_low_months'][i]:.2f}", f"{predictions['interval_high_months'][i]:.2f}"]
+                  if has_interval else ["", ""])
       writer.writerow([example_id, "M" if predictions["male"][i] else "F", f"{true_months:.2f}" if labeled else "",
-                       f"{predictions['pred_months'][i]:.2f}",
+                       f"{predictions['pred_months'][i]:.2f}", f"{predictions['pred_sd_months'][i]:.2f}", *interval,
                        names[int(age_groups.assign(true_months, edges))] if labeled else "",
                        names[int(np.argmax(probs))]]
                       + [f"{p:.4f}" for p in probs])
@@ -163,7 +207,8 @@ def plot_title(export_metadata: dict, builder, split: str, count: int) -> str:
   model = export_metadata.get("backbone", "model")
   if export_metadata.get("experiment"):
     model += f" ({export_metadata['experiment']}"
-    model += f", step {export_metadata['train_steps']})" if export_metadata.get("train_steps") else ")"
+    step = export_metadata.get("checkpoint_step", export_metadata.get("train_steps"))
+    model += f", step {step})" if step else ")"
   dataset = f"{builder.info.full_name}, {split} split, n={count}"
   if (builder.info.metadata or {}).get("synthetic"):
     dataset = "SYNTHETIC phantoms: " + dataset
@@ -171,11 +216,15 @@ def plot_title(export_metadata: dict, builder, split: str, count: int) -> str:
 
 
 def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
-             batch_size: int = DEFAULT_BATCH_SIZE, masks_dir: str | None = None) -> dict:
+             batch_size: int = DEFAULT_BATCH_SIZE, masks_dir: str | None = None,
+             tta_views: int = tta.DEFAULT_VIEWS, interval_alpha: float = conformal.DEFAULT_ALPHA) -> dict:
   """Evaluates the export in model_dir on `split`; writes metrics, predictions and plots.
 
   With masks_dir (a folder of `<id>.png` age-signal masks, as boneage-phantoms
-  writes them), the report also holds `gradcam_mask_share`.
+  writes them), the report also holds `gradcam_mask_share`. Predictions are
+  the mean of `tta_views` TTA views; with the export's conformal calibration
+  the report's `prediction_interval` has the (1 - interval_alpha) interval's
+  coverage and mean width on this split (else the reason it has none).
 
   Returns:
     The metrics.json content.
@@ -195,8 +244,16 @@ def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
     # classification metrics stay meaningful; the mismatch is still reported.
     logging.warning("dataset age-group edges %s differ from the model's %s", dataset_edges, edges)
   logging.info("evaluating %s on %s split %r", export_dir, dataset_dir, split)
-  predictions = predict_split(model, builder, split, batch_size)
+  predictions = predict_split(model, builder, split, batch_size, tta_views)
   report = compute_report(predictions, edges, training_mean_months(builder))
+  calibration = conformal.load(export_dir)
+  if calibration is None:
+    report["prediction_interval"] = {"missing_reason": f"the export has no {conformal.CONFORMAL_SCORES_FILE}"}
+  else:
+    try:
+      report["prediction_interval"] = interval_report(predictions, calibration, tta_views, interval_alpha)
+    except ValueError as e:
+      report["prediction_interval"] = {"missing_reason": str(e)}
   report.update({
       "split": split,
       "dataset_dir": dataset_dir,
@@ -205,6 +262,9 @@ def evaluate(data_dir: str, model_dir: str, split: str, output_dir: str,
       "export_dir": export_dir,
       "export_dataset_version": export_metadata.get("dataset_version"),
       "backbone": export_metadata.get("backbone"),
+      "tta_views": tta_views,
+      "provenance": provenance.run_provenance(
+          export_dir, export_metadata, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")),
   })
   if masks_dir:
     report["gradcam_mask_share"] = gradcam_mask.mask_share_report(model, builder, split, masks_dir, batch_size)

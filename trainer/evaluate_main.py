@@ -16,12 +16,15 @@ import sys
 from absl import flags
 
 from bone_age import cli
+from bone_age import conformal
+from bone_age import tta
 
 _PROG = "boneage-evaluate"
 _USAGE = "--data_dir=TFDS_DIR --model_dir=RUN_DIR --output_dir=EVAL_DIR [--split=test] [flags]"
 _FLAG_GROUPS = (
     cli.FlagGroup("Model and data", ("model_dir", "data_dir", "split")),
     cli.FlagGroup("Outputs", ("output_dir", "masks_dir", "batch_size")),
+    cli.FlagGroup("Uncertainty", ("tta_views", "interval_alpha")),
 )
 # trainer.evaluate.DEFAULT_BATCH_SIZE; not imported here so that --help and usage errors need no TensorFlow.
 _DEFAULT_BATCH_SIZE = 32
@@ -40,6 +43,12 @@ def _parse_flags(argv: list[str]) -> flags.FlagValues:
                        flag_values=fv)
   flags.DEFINE_string("masks_dir", None, "Phantoms' masks/ folder (<id>.png age-signal masks): adds the Grad-CAM "
                       "mass inside the mask to metrics.json.", flag_values=fv)
+  flags.DEFINE_integer("tta_views", tta.DEFAULT_VIEWS, "Test-time augmentation views averaged per image "
+                       "(bone_age.tta: small rotations, scales and shifts, never a flip); 1 = the plain prediction.",
+                       lower_bound=1, upper_bound=tta.MAX_VIEWS, flag_values=fv)
+  flags.DEFINE_float("interval_alpha", conformal.DEFAULT_ALPHA, "Miscoverage of the split-conformal prediction "
+                     "interval whose coverage and width are reported (0.1: a 90% interval).", lower_bound=1e-6,
+                     upper_bound=1 - 1e-6, flag_values=fv)
   cli.parse(_PROG, _USAGE, fv, argv, _FLAG_GROUPS, required=("data_dir", "model_dir", "output_dir"))
   cli.require_path("data_dir", fv.data_dir, "build the dataset first with boneage-preprocess")
   cli.require_path("model_dir", fv.model_dir, "train a model first with boneage-train")
@@ -57,7 +66,8 @@ def _main(argv: list[str]) -> int:
   from bone_age import errors  # pylint: disable=g-import-not-at-top
   from trainer import evaluate  # pylint: disable=g-import-not-at-top
   try:
-    report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size, fv.masks_dir)
+    report = evaluate.evaluate(fv.data_dir, fv.model_dir, fv.split, fv.output_dir, fv.batch_size, fv.masks_dir,
+                               fv.tta_views, fv.interval_alpha)
   except FileNotFoundError as e:
     raise cli.UsageError(f"--model_dir={fv.model_dir}: no trained model there ({e}); train one first with "
                          "boneage-train") from e
@@ -77,6 +87,9 @@ def headline(report: dict, output_dir: str) -> str:
            f"predict-the-training-mean {baseline['mae_months']:.1f} months"]
   if within is not None:
     parts.append(f"{100 * within:.0f}% within 12 months")
+  interval = report.get("prediction_interval") or {}
+  if interval.get("coverage") is not None:
+    parts.append(f"{100 * interval['level']:.0f}% interval covers {100 * interval['coverage']:.0f}%")
   return " · ".join(parts) + f"\nmetrics ({_METRICS_FILE}), predictions and plots in {output_dir}"
 
 

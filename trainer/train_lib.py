@@ -406,6 +406,34 @@ class Trainer:
     logging.info("OOD statistics from %d training embeddings; threshold %.3g (validation %g%%, %d embeddings)",
                  stats.num_train, stats.threshold, stats.percentile, stats.num_validation)
 
+  def _calibrate_interval(self, model: keras.Model, export_dir: str) -> dict:
+    """Split-conformal calibration (bone_age.conformal) on the validation split, for every TTA view count.
+
+    Returns the record export_metadata.json keeps (or why there is none:
+    a validation split too small for the default alpha).
+    """
+    from bone_age import conformal  # pylint: disable=g-import-not-at-top
+    from bone_age import tta  # pylint: disable=g-import-not-at-top
+    from trainer import evaluate  # pylint: disable=g-import-not-at-top
+    split = self.config.data.validation_split
+    predictions = evaluate.predict_split(model, self.builder, split, self.config.data.eval_batch_size, tta.MAX_VIEWS)
+    labeled = np.isfinite(predictions["true_months"])
+    try:
+      calibration = conformal.calibrate(predictions["true_months"][labeled], predictions["view_months"][:, labeled],
+                                        split)
+      record = conformal.record(calibration)
+    except ValueError as e:
+      logging.warning("no prediction interval in the export: %s", e)
+      stale = os.path.join(export_dir, conformal.CONFORMAL_SCORES_FILE)
+      if tf.io.gfile.exists(stale):  # a previous export's scores must not outlive its model
+        tf.io.gfile.remove(stale)
+      return {"missing_reason": str(e)}
+    conformal.save(calibration, export_dir)
+    logging.info("%g%% prediction interval: +/- %.2f months (plain) from %d validation images (rank %d)",
+                 100 * record["level"], record["half_width_months_by_tta_views"]["1"], record["n_calibration"],
+                 record["rank"])
+    return record
+
   def _finish(self, step: int, final_validation: dict) -> TrainResult:
     export_dir = os.path.join(self.model_dir, EXPORT_SUBDIR)
     best_mae = float(self.schedule.best_val_mae.numpy())
@@ -414,17 +442,27 @@ class Trainer:
     if self.chief:
       from bone_age import export  # pylint: disable=g-import-not-at-top
       exported = self.export_copy()
+      tf.io.gfile.makedirs(export_dir)
+      interval = self._calibrate_interval(exported, export_dir)
       export.save_export(exported, export_dir, strict_json({
           "image_size_px": self.facts.image_size_px,
           "age_group_edges_months": self.facts.age_group_edges_months,
           "backbone": self.config.model.backbone,
+          "dataset_name": self.builder.info.name,
           "dataset_version": self.facts.version,
           "dataset_config": self.config.data.config_name,
+          "dataset_synthetic": bool((self.builder.info.metadata or {}).get("synthetic", False)),
           "experiment": self.config.name,
           "precision": self.config.runtime.precision,
           "train_steps": step,
+          # The export holds the weights of the last step, never the best validation checkpoint's: say so.
+          "checkpoint_step": step,
+          "checkpoint_reason": "last",
+          "training_stopped_by": "early_stopping" if self.schedule.stopped else "train_steps",
           "final_validation_mae_months": final_validation.get("mae_months"),
           "best_validation_mae_months": best_mae,
+          "best_validation_step": result.best_step,
+          "prediction_interval": interval,
       }))
       self._save_ood_stats(exported, export_dir)
       with tf.io.gfile.GFile(os.path.join(self.model_dir, SUMMARY_FILE), "w") as f:

@@ -42,10 +42,13 @@ def test_footer_states_the_results_in_plain_words():
   assert "p8: Bone age 10 years 4 months (124.2 months)" in text
   assert "male (from the DICOM header)" in text and "(M, dicom)" not in text
   assert "Chronological age 10 years 6 months (126.0 months); BA - CA -1.8 months; SD score -0.18 (normal)" in text
-  assert lines[-1] == "Model abc123. Research use only, not a medical device."
+  assert lines[-2].startswith("Model abc123: experiment unknown, step unknown (reason unknown)")
+  assert lines[-1] == "Run time unknown; input sha256 unknown. Research use only, not a medical device."
   with_interval = overlays.footer_lines({**_ROW, "interval_low_months": 110.0, "interval_high_months": 138.4,
-                                         "interval_level": 0.9, "model_id": "row-model"}, "abc123")
-  assert "90% interval 110.0 to 138.4 months" in with_interval[0] and "Model row-model." in with_interval[-1]
+                                         "interval_level": 0.9, "boneage_tta_sd_months": 2.34,
+                                         "model_id": "row-model"}, "abc123")
+  assert "90% interval 110.0 to 138.4 months, TTA SD 2.3" in with_interval[0]
+  assert with_interval[-2].startswith("Model row-model:")
   no_age = overlays.footer_lines({**_ROW, "chronological_age_months": None, "ba_minus_ca_months": None, "sds": None,
                                   "sds_reading": None, "sds_missing_reason": "chronological_age_unknown"})
   assert no_age[1] == "Chronological age unknown, so no BA - CA and no SD score"
@@ -53,6 +56,23 @@ def test_footer_states_the_results_in_plain_words():
                                    "sds": None, "sds_reading": None,
                                    "sds_missing_reason": "chronological_age_outside_table"})
   assert outside[1].endswith("no SD score (chronological age outside table)")
+
+
+_PROVENANCE = {"model_id": "0123456789ab", "experiment": "demo_cpu", "checkpoint_step": 2800,
+               "checkpoint_reason": "last", "dataset": "rsna_bone_age", "dataset_version": "1.0.0",
+               "software_version": "0.1.0", "run_started_utc": "2026-12-02T15:00:00+00:00",
+               "input_sha256": "ab" * 32}
+
+
+def test_footer_names_the_provenance_and_fits_the_overlay():
+  lines = overlays.footer_lines({**_ROW, **_PROVENANCE})
+  assert lines[-2] == ("Model 0123456789ab: experiment demo_cpu, step 2800 (last), trained on rsna_bone_age 1.0.0; "
+                       "software 0.1.0")
+  assert lines[-1] == ("Run 2026-12-02T15:00:00+00:00; input sha256 abababababababab.... "
+                       "Research use only, not a medical device.")
+  image = overlays.render(np.full((90, 70), 128, np.uint8), np.zeros((90, 70), np.float32), {**_ROW, **_PROVENANCE})
+  font = overlays._font(13)  # pylint: disable=protected-access
+  assert all(font.getlength(line) + overlays._MARGIN_PX <= image.shape[1] for line in lines)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("shape", [(90, 70), (512, 400), (300, 512)])

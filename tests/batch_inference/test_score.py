@@ -11,10 +11,13 @@ import shutil
 import tarfile
 import zipfile
 
+import cv2
+import numpy as np
 import pytest
 from apache_beam.testing import test_pipeline
 
 from bone_age import errors
+from batch_inference import overlays
 from batch_inference import results
 from batch_inference import score
 
@@ -187,9 +190,15 @@ def test_reruns_are_new_runs_and_never_touch_published_ones(tiny_export, make, o
   _run(tiny_export, [inputs / "*.png"], output_dir, *args)
   second = outputs_of(output_dir)
   assert second["run_id"] != first["run_id"]  # LATEST moved to the new run
-  assert second["predictions"] == first["predictions"] and second["rejects"] == first["rejects"]
+  # The same rows, except for the run start each row names (provenance).
+  assert [{**r, "run_started_utc": None} for r in second["predictions"]] == [
+      {**r, "run_started_utc": None} for r in first["predictions"]] and second["rejects"] == first["rejects"]
+  assert {r["run_started_utc"] for r in second["predictions"]} == {second["manifest"]["started_utc"]}
   overlays_of = lambda out: {p.name: p.read_bytes() for p in (pathlib.Path(out["run_dir"]) / "overlays").iterdir()}
-  assert overlays_of(second) == overlays_of(first)
+  # The same overlays above their footers (the footer names each run's start).
+  above_footer = lambda out: {name: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[
+      :-overlays._FOOTER_PX].tobytes() for name, data in overlays_of(out).items()}  # pylint: disable=protected-access
+  assert above_footer(second) == above_footer(first)
   _run(tiny_export, [inputs / "0.png"], output_dir, *args)
   third = outputs_of(output_dir)
   assert len(third["predictions"]) == 1 and len(overlays_of(third)) == 1

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from bone_age import conformal
 from bone_age import errors
 from bone_age import export as ba_export
 from bone_age import model as ba_model
 from bone_age import schema
+from bone_age import tta
 from trainer import evaluate
 from trainer import evaluate_main
 
@@ -72,9 +74,13 @@ def _expected_predictions(model):
 
 def test_evaluate_writes_correct_metrics_predictions_and_plots(workspace):
   output_dir = str(workspace["root"] / "out")
-  report = evaluate.evaluate(workspace["data_dir"], workspace["model_dir"], "test", output_dir, batch_size=4)
+  report = evaluate.evaluate(workspace["data_dir"], workspace["model_dir"], "test", output_dir, batch_size=4,
+                             tta_views=1)
   with open(os.path.join(output_dir, evaluate.METRICS_FILE), encoding="utf-8") as f:
     assert json.load(f) == json.loads(json.dumps(report))
+  # This export was saved without a calibration: the report says so instead of inventing an interval.
+  assert report["prediction_interval"] == {"missing_reason": "the export has no conformal_scores.npz"}
+  assert report["provenance"]["notice"] == "Research use only, not a medical device."
   true = np.array([a for _, a, _ in TEST])
   pred, pred_group = _expected_predictions(workspace["model"])
   assert report["num_examples"] == 9 and report["overall"]["count"] == 9
@@ -110,6 +116,29 @@ def test_evaluate_writes_correct_metrics_predictions_and_plots(workspace):
   assert {r["sex"] for r in rows} == {"M", "F"}  # the scorer's convention, not 1/0
   assert [k for k in rows[0] if k.startswith("prob_")] == [
       "prob_under_113_months", "prob_113_to_150_months", "prob_150_months_and_over"]
+
+
+def test_tta_predictions_are_the_mean_of_the_views_and_the_interval_follows_the_calibration(workspace):
+  builder = tfds.builder_from_directory(os.path.join(workspace["data_dir"], "rsna_bone_age", f"{SIZE_PX}px", "1.0.0"))
+  predictions = evaluate.predict_split(workspace["model"], builder, "test", batch_size=4, tta_views=3)
+  images = np.stack([_image(i) for i in range(len(TEST))])
+  male = np.array([[m] for _, _, m in TEST], np.float32)
+  order = np.argsort([i for i, _, _ in TEST])
+  got = {example_id: i for i, example_id in enumerate(predictions["id"])}
+  expected = np.stack([workspace["model"].predict({ba_model.IMAGE_INPUT: view, ba_model.MALE_INPUT: male},
+                                                  verbose=0)[ba_model.AGE_OUTPUT][:, 0] for view in tta.views(images, 3)])
+  for k in order:
+    i = got[TEST[k][0]]
+    np.testing.assert_allclose(predictions["view_months"][:, i], expected[:, k], rtol=1e-5, atol=1e-4)
+    assert predictions["pred_months"][i] == pytest.approx(expected[:, k].mean(), abs=1e-4)
+    assert predictions["pred_sd_months"][i] == pytest.approx(expected[:, k].std(), abs=1e-4)
+  calibration = conformal.Calibration({v: np.arange(1.0, 20.0) for v in (1, 2, 3)})  # k = ceil(20 * 0.9) = 18
+  interval = evaluate.interval_report(predictions, calibration, 3, 0.1)
+  assert interval["half_width_months"] == 18.0 and interval["rank"] == 18 and interval["count"] == 9
+  inside = np.abs(predictions["pred_months"] - predictions["true_months"]) <= 18.0
+  assert interval["coverage"] == pytest.approx(inside.mean())
+  with pytest.raises(ValueError, match="calibrated for 1 to 3 TTA views"):
+    evaluate.interval_report(predictions, calibration, 4, 0.1)
 
 
 def test_command_line_on_an_export_dir(workspace):

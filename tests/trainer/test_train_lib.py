@@ -63,6 +63,15 @@ def test_run_writes_config_checkpoints_summaries_and_export(no_test_split, tmp_p
   _, metadata = export.load_export(str(model_dir / "export"))
   assert metadata["image_size_px"] == 64 and metadata["backbone"] == "tiny"
   assert metadata["dataset_version"] == "1.0.0" and len(metadata["age_group_edges_months"]) == 2
+  # Which weights the export holds, and why: the last step's, not the best validation checkpoint's.
+  assert metadata["checkpoint_step"] == 6 and metadata["checkpoint_reason"] == "last"
+  assert metadata["training_stopped_by"] == "train_steps" and metadata["best_validation_step"] in (3, 6)
+  assert metadata["dataset_name"] == "rsna_bone_age"
+  interval = metadata["prediction_interval"]  # calibrated on the 32 validation phantoms
+  assert interval["n_calibration"] == 32 and interval["rank"] == 30 and interval["alpha"] == 0.1
+  assert interval["rank_fraction"] == 30 / 32 and interval["max_tta_views"] == 8
+  assert all(q > 0 for q in interval["half_width_months_by_tta_views"].values())
+  assert (model_dir / "export" / "conformal_scores.npz").exists()
 
 
 @pytest.mark.parametrize("precision, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
