@@ -120,11 +120,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
                     "per machine and cached; pip install 'bone-age[openvino]'), or auto: openvino on CPU-only "
                     "workers where it is installed, else tensorflow.", flag_values=fv)
   flags.DEFINE_enum("precision", engines.FLOAT32, engines.PRECISIONS,
-                    "float32; bf16 (openvino only, fast on CPUs with native BF16); int8 (openvino only: the "
-                    "export's quantized model, python -m batch_inference.engine_int8, used only if its accuracy "
-                    "check passed); or auto: int8 where that check passed, else bf16 only where the CPU has it "
-                    "natively and the model's months stay within 0.5 months (mean) / 2 months (max) of float32 on "
-                    "phantom radiographs, else float32.", flag_values=fv)
+                    "float32; bf16 (openvino, CPUs with native BF16); int8 (openvino: the export's model from "
+                    "python -m batch_inference.engine_int8 whose accuracy check passed); auto: int8 or bf16 where "
+                    "they stay within 0.5 (mean) / 2 (max) months of float32, else float32.", flag_values=fv)
   flags.DEFINE_integer("max_member_bytes", sources.DEFAULT_MAX_MEMBER_BYTES,
                        "Largest image file or archive member read; larger ones are rejected.", lower_bound=1,
                        flag_values=fv)
@@ -142,7 +140,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_boolean("dicom_outputs", False, "For each scored DICOM, write a Structured Report and (with "
                        "--gradcam) a Secondary Capture of the overlay into dicom/, both in the source study. They "
                        "carry the patient's identity from the source header.", flag_values=fv)
-  flags.DEFINE_string("dicomweb_url", None, "DICOMweb root of a PACS (e.g. http://host:8042/dicom-web): send the DICOM "
+  flags.DEFINE_string("dicomweb_url", None, "DICOMweb root of a PACS, such as http://host:8042/dicom-web: send the DICOM "
                       "outputs there with STOW-RS (implies --dicom_outputs).", flag_values=fv)
   flags.DEFINE_integer("tta_views", tta.DEFAULT_VIEWS, "Test-time augmentation views averaged per image "
                        "(bone_age.tta: small rotations, scales and shifts, never a flip; each one more forward pass). "

@@ -92,7 +92,9 @@ def _define_flags():
 
 
 def _main(argv):
+  from bone_age import cli  # pylint: disable=g-import-not-at-top
   from trainer import train_main  # pylint: disable=g-import-not-at-top
+  cli.quiet_start(argv)  # the console set-up boneage-train's main makes: progress and INFO lines on stderr
   # The hooks' own flags are global; the rest of the command line is boneage-train's.
   config = train_main.config_from_flags(flags.FLAGS(argv, known_only=True))
   if config is None:
