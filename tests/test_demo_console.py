@@ -19,6 +19,7 @@ PROGRESS = {
 }
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_demo_console_is_quiet_short_and_shows_progress(tmp_path):
   if shutil.which("boneage-score") is None:

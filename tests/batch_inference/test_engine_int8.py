@@ -67,6 +67,7 @@ def engine_cache(tmp_path_factory):
     os.environ[engine_openvino.CACHE_ENV] = old
 
 
+@pytest.mark.heavy
 @needs_nncf
 @pytest.mark.slow  # trains a model, quantizes it and scores three sets with two engines
 def test_int8_check_holds_the_stated_tolerance_on_real_and_phantom_images(trained, engine_cache, real_batch):
@@ -114,6 +115,7 @@ def test_int8_check_holds_the_stated_tolerance_on_real_and_phantom_images(traine
       engines.load_engine(model, export_dir, "openvino", engines.INT8)
 
 
+@pytest.mark.heavy
 @needs_nncf
 @pytest.mark.slow
 def test_int8_cache_key_follows_the_calibration_images(trained, engine_cache):

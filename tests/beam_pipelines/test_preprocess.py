@@ -53,6 +53,7 @@ def _check_sample_examples(summary, rsna_sample_dir):
   return examples
 
 
+@pytest.mark.slow
 def test_rsna_sample_65_exact_examples_same_in_process_and_with_two_workers(rsna_sample_dir, tmp_path):
   # One test for both builds: the comparison needs both, and pytest-xdist
   # would otherwise build them again on each worker.

@@ -33,6 +33,7 @@ def test_monitor_counts_every_item_in_process():
   assert re.fullmatch(r"numbers: 40/40 items \(100%\) · [0-9.]+ items/s", lines[-1]), lines
 
 
+@pytest.mark.heavy
 @pytest.mark.slow  # starts two Beam worker processes
 def test_monitor_counts_every_item_of_a_two_process_job():
   lines = _count_with_monitor(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])

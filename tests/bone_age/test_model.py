@@ -154,6 +154,7 @@ def test_backbone_weights_from_a_local_file(tmp_path, tiny_model):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_one_train_step_under_jax_backend(tmp_path):
   if importlib.util.find_spec("jax") is None:
     pytest.skip("jax is not installed (pip install jax); the JAX-backend check needs it")

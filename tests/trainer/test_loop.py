@@ -83,6 +83,7 @@ XCEPTION = ("data.config_name=128px", "data.global_batch_size=4", "data.eval_bat
             "train.num_gradcam_images=0", "runtime.jit_compile=true")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_jit_compile_trains_xception_at_128px(phantom_128px, tmp_path, trainer_helpers, precision):
@@ -95,6 +96,7 @@ def test_jit_compile_trains_xception_at_128px(phantom_128px, tmp_path, trainer_h
   assert summary["steps"] == 2 and np.isfinite(summary["final_validation"]["loss"])
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_jit_compile_trains_xception_at_128px_mirrored(phantom_128px, tmp_path, trainer_helpers, precision):

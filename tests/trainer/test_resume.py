@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 STEPS, CHECKPOINT_EVERY = 60, 10
 OVERRIDES = (f"train.train_steps={STEPS}", f"train.checkpoint_every_steps={CHECKPOINT_EVERY}",
@@ -54,6 +55,7 @@ def load(path):
     return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow
 def test_sigkill_and_sigterm_then_rerun_resume_exactly(phantom_data_dir, tmp_path, trainer_helpers):
   def command(name):
     return trainer_helpers.trainer_command(
