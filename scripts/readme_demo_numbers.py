@@ -31,6 +31,9 @@ def paragraph(out: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+  if any(a in ("-h", "--help") for a in argv[1:]):
+    print(__doc__)
+    return 0
   out = argv[1] if len(argv) > 1 else "demo_output"
   readme = argv[2] if len(argv) > 2 else "README.md"
   with open(readme, encoding="utf-8") as f:
@@ -40,8 +43,9 @@ def main(argv: list[str]) -> int:
     return 2
   head, rest = text.split(START, 1)
   _, tail = rest.split(END, 1)
+  new_paragraph = paragraph(out)  # before the README is opened for writing: a failure leaves it whole
   with open(readme, "w", encoding="utf-8") as f:
-    f.write(f"{head}{START}\n{paragraph(out)}\n{END}{tail}")
+    f.write(f"{head}{START}\n{new_paragraph}\n{END}{tail}")
   return 0
 
 
