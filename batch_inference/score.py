@@ -348,7 +348,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     run_.mark_failed(e)
     raise
   print(format_summary(summary))
-  logging.info("summary: %s", json.dumps(summary, sort_keys=True))
+  logging.debug("summary: %s", json.dumps(summary, sort_keys=True))  # the lines above say it in words
   return summary
 
 

@@ -99,7 +99,8 @@ def main(out: str) -> int:
   print(f"\n  test MAE {mae:.1f} months vs predict-the-training-mean {baseline:.1f} months "
         f"({100 * mae / baseline:.0f}% of the baseline) on {report['overall']['count']} synthetic phantoms")
   summary = scores["summary"]
-  print(f"  scoring run {scores['run_id']}: {json.dumps(summary, sort_keys=True)}")
+  print(f"  scoring run {scores['run_id']}: read {summary['read']} = scored {summary['scored']} + rejected "
+        f"{summary['rejected']} (every count in its summary.json)")
   share = report.get("gradcam_mask_share")
   if share:
     print(f"  Grad-CAM: {100 * share['heat_mass_in_mask_mean']:.0f}% of the heat lies in the age-signal mask, which "

@@ -372,7 +372,8 @@ class Trainer:
     summaries.write_scalars(self.writers.validation, step, summaries.VALIDATION, values)
     self._write_gradcam(step)
     self._last_val_mae = values.get("mae_months")
-    logging.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    # The progress line shows validation MAE; every metric is in TensorBoard and at --verbosity=debug.
+    logging.debug("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
   def export_copy(self) -> keras.Model:
     """The trained weights in a fresh model outside the strategy.
