@@ -11,6 +11,8 @@ import sys
 import time
 
 import apache_beam as beam
+import cv2
+import numpy as np
 import pytest
 from apache_beam.testing import test_pipeline
 
@@ -128,13 +130,22 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_results(tiny_export, 
   score.run([*args, f"--output_dir={killed_dir}"], test_pipeline=test_pipeline.TestPipeline())
   score.run([*args, f"--output_dir={tmp_path / 'clean'}"], test_pipeline=test_pipeline.TestPipeline())
   rerun, clean = outputs_of(killed_dir), outputs_of(tmp_path / "clean")
-  assert rerun["predictions"] == clean["predictions"] and len(clean["predictions"]) == 40
+  # Each run names its own start time (provenance); everything else is the same.
+  same = lambda rows: [{**r, "run_started_utc": None} for r in rows]
+  assert same(rerun["predictions"]) == same(clean["predictions"]) and len(clean["predictions"]) == 40
   assert rerun["rejects"] == clean["rejects"] == []
-  overlays = lambda out: {p.name: p.read_bytes() for p in (pathlib.Path(out["run_dir"]) / "overlays").iterdir()}
-  assert overlays(rerun) == overlays(clean)
-  per_run = ("output_dir", "scored_per_worker")  # the run's directory; worker ids name processes
+  # The overlays' pictures are identical; only the footer's run-start line differs.
+  overlays = lambda out: {p.name: cv2.imread(str(p)) for p in (pathlib.Path(out["run_dir"]) / "overlays").iterdir()}
+  rerun_overlays, clean_overlays = overlays(rerun), overlays(clean)
+  assert rerun_overlays.keys() == clean_overlays.keys()
+  for name, image in rerun_overlays.items():
+    assert image.shape == clean_overlays[name].shape
+    np.testing.assert_array_equal(image[:image.shape[0] // 2], clean_overlays[name][:image.shape[0] // 2], err_msg=name)
+  per_run = ("output_dir", "scored_per_worker", "provenance")  # the run's directory and start; process ids
   assert {k: v for k, v in rerun["summary"].items() if k not in per_run} == {
       k: v for k, v in clean["summary"].items() if k not in per_run}
+  assert {**rerun["summary"]["provenance"], "run_started_utc": None} == {
+      **clean["summary"]["provenance"], "run_started_utc": None}
   assert sum(rerun["summary"]["scored_per_worker"].values()) == 40
   # The killed run's directory is still there, still unpublished (its launcher could have been alive).
   statuses = {r["run_id"]: r["status"] for r in results.list_runs(str(killed_dir))}

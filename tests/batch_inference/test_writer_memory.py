@@ -68,6 +68,7 @@ def _lines(run_dir, pattern: str) -> int:
   return total
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_writer_peak_memory_at_a_million_rows_is_within_15_percent_of_100k(tmp_path):
   small = _write(100_000, tmp_path / "small")

@@ -26,7 +26,7 @@ TENSORFLOW_VARIANTS = frozenset({
     "tensorflow-macos", "tensorflow-aarch64", "tensorflow-cpu-aws", "tensorflow-rocm", "intel-tensorflow",
     "tf-nightly", "tf-nightly-cpu", "tf-nightly-gpu", "tf-nightly-tpu", "tf-nightly-intel"})
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # pip resolution against the registry: minutes
 
 
 def _normalize(name: str) -> str:
