@@ -129,6 +129,21 @@ def test_openvino_bf16_stays_within_the_reduced_precision_tolerance(loaded, open
 
 
 @needs_openvino
+def test_a_batch_split_over_streams_equals_the_whole_batch_on_one_stream(openvino_xml, phantom_batch):
+  from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
+
+  images, male = phantom_batch[0][:5], phantom_batch[1][:5]
+  whole = engine_openvino.OpenVINOEngine(openvino_xml, engines.FLOAT32, performance_hint="LATENCY")
+  split = engine_openvino.OpenVINOEngine(openvino_xml, engines.FLOAT32, performance_hint="THROUGHPUT")
+  assert whole.part_sizes(5) == [5]
+  sizes = split.part_sizes(5)
+  assert sum(sizes) == 5 and max(sizes) - min(sizes) <= 1
+  expected, got = whole.run(images, male), split.run(images, male)
+  for name in ("months", "probabilities", "features"):
+    np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-4, atol=1e-3)
+
+
+@needs_openvino
 def test_openvino_engine_serves_concurrent_threads(openvino_xml, phantom_batch):
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   from batch_inference import engine_openvino  # pylint: disable=g-import-not-at-top
