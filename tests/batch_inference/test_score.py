@@ -127,7 +127,7 @@ def test_every_input_kind_is_scored_or_rejected_with_its_reason(tiny_export, mak
     if path.is_file():
       assert "Doe" not in path.read_text()
   assert out["csv_header"][:4] == ["id", "source", "sex", "sex_source"]
-  assert [(r["id"], r["source"]) for r in out["csv_rows"]] == [(r["id"], r["source"]) for r in out["predictions"]]
+  assert [(r["id"], r["file"]) for r in out["csv_rows"]] == [(r["id"], r["file"]) for r in out["predictions"]]
 
 
 def test_unknown_sex_policies_are_recorded(tiny_export, make, outputs_of, tmp_path):
@@ -166,8 +166,8 @@ def test_duplicate_ids_and_twice_matched_files(tiny_export, make, outputs_of, tm
   out = outputs_of(tmp_path / "out")
   _assert_accounted(out)
   assert summary["read"] == 2
-  assert [r["source"] for r in out["predictions"]] == [str(tmp_path / "a" / "7.png")]
-  assert [(r["id"], r["reason"], r["source"]) for r in out["rejects"]] == [
+  assert [r["file"] for r in out["predictions"]] == [str(tmp_path / "a" / "7.png")]
+  assert [(r["id"], r["reason"], r["file"]) for r in out["rejects"]] == [
       ("7", errors.DUPLICATE_ID, str(tmp_path / "b" / "7.png"))]
   assert len(list((pathlib.Path(out["run_dir"]) / "overlays").iterdir())) == 1  # the loser's overlay is not kept
   assert out["summary"]["overlays"] == 1
