@@ -131,7 +131,7 @@ def run(argv: list[str], show_progress: bool = False) -> BuildSummary:
   if _FLAGS.quality_gate != quality.DEFAULT_POLICY:
     builder_kwargs["quality_gate"] = _FLAGS.quality_gate
   # stream: the console, not the buffer that holds TFDS's own prints below.
-  monitor = progress.ProgressMonitor("dataset build", parts=("train", "validation", "test"),
+  monitor = progress.ProgressMonitor("dataset build", parts=progress.BUILD_PARTS,
                                      enabled=show_progress, stream=sys.stdout)
   if show_progress:
     builder_kwargs["progress"] = monitor

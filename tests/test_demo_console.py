@@ -13,9 +13,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOISE = re.compile(r"cuInit|oneDNN|cuda drivers|prism|Unknown size|WARNING", re.IGNORECASE)
 # One progress line per long stage: the build per split, training steps of the total, scoring inputs.
 PROGRESS = {
-    "build": re.compile(r"^dataset build: \d+ images \(train \d+, validation \d+, test \d+\)"),
+    "build": re.compile(r"^dataset build: \d+/\d+ images \(\d+%\) \(train \d+, validation \d+, test \d+, rejected \d+\)"),
     "train": re.compile(r"^step \d+/\d+ \(\d+%\)"),
-    "score": re.compile(r"^scoring: \d+"),
+    "score": re.compile(r"^scoring: \d+/\d+ inputs"),  # a zip: its members are the total
 }
 
 

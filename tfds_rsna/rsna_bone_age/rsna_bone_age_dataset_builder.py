@@ -130,8 +130,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     labeled = pipeline | "Labels" >> labeled_images.LabeledImages(
         [(str(path), spec, split) for path, spec, split in layout.tables], str(layout.image_root), split_rule,
         config.num_age_groups, str(self.data_path / labeled_images.FACTS_FILE))
+    rejects_progress = None
+    if self._progress is not None:
+      self._progress.total = layouts.count_label_rows(layout)  # written + rejected reach it
+      rejects_progress = (self._progress.progress_dir, self._progress.stage_of(progress_lib.REJECTED_PART))
     examples = (labeled["records"], labeled["rejects"]) | "RsnaBoneAge" >> examples_lib.BuildExamples(
-        config.image_size_px, rejects_paths, max_pixels=config.max_pixels, quality_gate=self._quality_gate)
+        config.image_size_px, rejects_paths, max_pixels=config.max_pixels, quality_gate=self._quality_gate,
+        rejects_progress=rejects_progress)
     return {split: self._generate_examples(examples, split) for split in self._declared_splits(layout)}
 
   def _declared_splits(self, layout: layouts.Layout) -> list[str]:
