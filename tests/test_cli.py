@@ -5,6 +5,7 @@ import pytest
 
 from batch_inference import score
 from beam_pipelines import preprocess
+from bone_age import cli
 from bone_age import phantoms
 from launch import cli as launch_cli
 from trainer import evaluate_main
@@ -144,7 +145,16 @@ def test_launch_usage_mistakes_are_one_line(capsys):
   assert "--num_workers=2" in _usage_error(launch_cli.main, [*launch, "local-multiworker", "--num_workers=2"], capsys)
 
 
-def test_launch_passes_beam_options_and_verbosity_to_the_job(capsys):
+@pytest.fixture
+def restores_log_settings(monkeypatch):
+  """--verbosity=debug sets process-wide log settings; put them back after the test."""
+  for name in ("TF_CPP_MIN_LOG_LEVEL", cli.QUIET_WORKERS_ENV):
+    monkeypatch.delenv(name, raising=False)
+  yield
+  cli.quiet_start(["boneage-launch"])
+
+
+def test_launch_passes_beam_options_and_verbosity_to_the_job(capsys, restores_log_settings):
   assert launch_cli.main(["boneage-launch", "--verbosity=debug", "dataflow-score", *SCORE_PLACEMENT,
                           "--number_of_worker_harness_threads=4"]) == 0
   command = capsys.readouterr().out.split()
@@ -152,7 +162,7 @@ def test_launch_passes_beam_options_and_verbosity_to_the_job(capsys):
   assert command[-1] == "--number_of_worker_harness_threads=4" and "--runner=DataflowRunner" in command
 
 
-def test_launch_traceback_only_with_debug(capsys):
+def test_launch_traceback_only_with_debug(capsys, restores_log_settings):
   with pytest.raises(SystemExit):
     launch_cli.main(["boneage-launch", "tensorboard", "--verbosity=debug"])
   err = capsys.readouterr().err
