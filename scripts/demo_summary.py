@@ -51,8 +51,8 @@ def patient_lines(row: dict, run_dir: str) -> list[str]:
     age += (f"SDS {row['sds']:+.2f} ({row['sds_reading']})" if row.get("sds") is not None
             else f"no SDS ({row['sds_missing_reason']})")
   sr = os.path.join(run_dir, row["dicom_sr_path"]) if row.get("dicom_sr_path") else f"no SR ({row.get('dicom_status')})"
-  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}",
-          f"  input sha256 {row.get('input_sha256')}"]
+  # The input's sha256 and the rest of the row are in the predictions CSV and on the overlay.
+  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}"]
 
 
 def provenance_line(summary: dict) -> str:
