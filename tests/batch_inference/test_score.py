@@ -4,6 +4,7 @@ Each test builds its inputs in code, runs the real pipeline (the tiny
 exported model) and checks the outputs, including read = scored + rejected.
 """
 
+import dataclasses
 import io
 import os
 import pathlib
@@ -252,3 +253,15 @@ def test_console_exits_1_when_no_input_could_be_read(tiny_export, outputs_of, tm
   assert outputs_of(tmp_path / "out", run["run_id"])["rejects"][0]["reason"] == errors.MISSING_FILE
   with pytest.raises(results.RunNotFoundError):
     outputs_of(tmp_path / "out")
+
+
+def test_the_progress_total_is_known_up_front_only_without_archives(tmp_path):
+  for name in ("a.png", "b.dcm", "c.zip"):
+    (tmp_path / name).write_bytes(b"x")
+  images = score.ScoreConfig(model_dir="m", output_dir="o", inputs=(
+      f"{tmp_path}/*.png", f"{tmp_path}/*.dcm", f"{tmp_path}/a.png", f"{tmp_path}/none*.png"))
+  # a.png matched twice is one input; the pattern matching nothing is one missing_file reject.
+  assert score.listing_plan(images) == (3, 3)
+  # The zip's members are counted while the job lists them: only the files to list are known.
+  assert score.listing_plan(dataclasses.replace(images, inputs=(f"{tmp_path}/*",))) == (None, 3)
+  assert score.listing_plan(dataclasses.replace(images, inputs_manifest=str(tmp_path / "m.txt"))) == (None, None)
