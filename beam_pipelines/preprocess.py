@@ -131,6 +131,9 @@ def run(argv: list[str], show_progress: bool = False) -> BuildSummary:
     builder_kwargs["rejects_path"] = _FLAGS.rejects
   if _FLAGS.quality_gate != quality.DEFAULT_POLICY:
     builder_kwargs["quality_gate"] = _FLAGS.quality_gate
+  # Dataflow workers cannot reach this machine's progress files: no monitor, and no counting of the label rows.
+  show_progress = show_progress and not any(arg.startswith("--runner") and arg.endswith("DataflowRunner")
+                                            for arg in beam_args)
   # stream: the console, not the buffer that holds TFDS's own prints below.
   monitor = progress.ProgressMonitor("dataset build", parts=progress.BUILD_PARTS,
                                      enabled=show_progress, stream=sys.stdout)
