@@ -10,7 +10,7 @@ launching machine, sums the files every few seconds and prints
 
   scoring: 120/1000 images (12%) · 3.2 images/s · ETA 4m35s
   dataset build: 180/640 images (28%) (train 150, validation 20, test 10, rejected 0) · 6.1 images/s · ETA 1m12s
-  scoring: 40/120 inputs (33%, 120 listed so far) · 3.2 inputs/s
+  scoring: 40/120 inputs listed so far (33%) · 3.2 inputs/s · ETA at least 25s
 
 The files live in a local temporary folder, so this works for every worker
 on this machine (DirectRunner, a local Dask cluster). A worker that cannot
