@@ -55,14 +55,6 @@ def patient_lines(row: dict, run_dir: str) -> list[str]:
   return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}"]
 
 
-def provenance_line(summary: dict) -> str:
-  """Which model made the results, from the run's summary."""
-  p = summary.get("provenance") or {}
-  return (f"model {p.get('model_id')} (sha256 {p.get('model_sha256')}), experiment {p.get('experiment')}, "
-          f"step {p.get('checkpoint_step')} ({p.get('checkpoint_reason')}), dataset {p.get('dataset')} "
-          f"{p.get('dataset_version')}, software {p.get('software_version')}, run {p.get('run_started_utc')}")
-
-
 def main(out: str) -> int:
   cli.quiet_start([])  # Beam, loaded to read the run, warns at import time
   scores = _latest_scores(os.path.join(out, "scores"))
@@ -110,7 +102,6 @@ def main(out: str) -> int:
     print(f"  {100 * interval['level']:g}% interval on the test split: coverage {100 * interval['coverage']:.0f}%, "
           f"mean width {interval['mean_width_months']:.1f} months ({interval['tta_views']} TTA views, "
           f"{interval['n_calibration']} calibration images)")
-  print(f"  {provenance_line(summary)}")
   print("\n  Three patients (research use only, not a medical device):")
   for row in _three_patients(scores["predictions"]):
     for line in patient_lines(row, run_dir):

@@ -65,8 +65,8 @@ def test_writers_count_inside_the_pipeline(tmp_path):
   written = sorted((json.loads(l) for p in tmp_path.glob("rejects-*.jsonl") for l in p.read_text().splitlines()),
                    key=lambda r: r["file"])
   assert written == [{"id": None, "file": "/gone/*.png", "reason": "missing_file", "detail": "y"},
-                     {"id": "b.zip!h/6.png", "file": "/in/b.zip", "reason": "truncated", "detail": "z"},
-                     {"id": "5", "file": "/in/5.png", "reason": "truncated", "detail": "x"}]
+                     {"id": "5", "file": "/in/5.png", "reason": "truncated", "detail": "x"},
+                     {"id": "b.zip!h/6.png", "file": "/in/b.zip", "reason": "truncated", "detail": "z"}]
 
 
 def test_writers_write_empty_shards_when_nothing_was_scored(tmp_path):

@@ -127,7 +127,8 @@ def test_every_input_kind_is_scored_or_rejected_with_its_reason(tiny_export, mak
   for path in run_dir.iterdir():
     if path.is_file():
       assert "Doe" not in path.read_text()
-  assert out["csv_header"][:4] == ["id", "source", "sex", "sex_source"]
+  assert out["csv_header"][:4] == ["id", "file", "sex", "sex_source"]
+  assert scored["z.zip!a/zp.png"]["file"] == str(inputs / "z.zip") and scored["p8"]["file"] == str(inputs / "p8.png")
   assert [(r["id"], r["file"]) for r in out["csv_rows"]] == [(r["id"], r["file"]) for r in out["predictions"]]
 
 

@@ -201,9 +201,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["written_by_counter"] = written
     read = self.info.metadata.get("rows_read", 0)
     rejected = sum(self.info.metadata["rejected"].values())
-    # Also printed for `tfds build`, which does not run boneage-preprocess's summary.
+    # For `tfds build`, which does not run boneage-preprocess's summary; under boneage-preprocess (which passes a
+    # progress monitor and prints the same counts) a balanced build says it at DEBUG only. A mismatch always warns.
     accounted = read == sum(written.values()) + rejected
-    logging.log(logging.INFO if accounted else logging.WARNING,
+    logging.log(logging.WARNING if not accounted else logging.INFO if self._progress is None else logging.DEBUG,
                 "rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
                 "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
                 "OK" if accounted else "MISMATCH")
