@@ -33,6 +33,7 @@ import numpy as np
 from bone_age import reference
 from batch_inference import dicomweb
 from batch_inference import overlays
+from batch_inference import sources
 
 DICOM_DIR = "dicom"
 MANUFACTURER = "bone-age research software (research use only, not a medical device)"
@@ -340,7 +341,7 @@ class WriteDicomOutputsFn(beam.DoFn):
   def process(self, row: dict):
     row = dict(row)
     try:
-      header = read_source_header(row["source"])
+      header = read_source_header(sources.input_path(row["id"], row["file"]))
     except NotDicomError:
       row[STATUS_KEY] = STATUS_NOT_DICOM
       yield row
@@ -350,7 +351,8 @@ class WriteDicomOutputsFn(beam.DoFn):
       self._failed.inc()
       yield row
       return
-    stem = overlays.overlay_file_name(row["id"], row["source"], f"-{row['sex']}")[:-len(".png")]
+    stem = overlays.overlay_file_name(row["id"], sources.input_path(row["id"], row["file"]),
+                                      f"-{row['sex']}")[:-len(".png")]
     datasets = []
     try:
       datasets.append(build_sr(header, row, self._model))

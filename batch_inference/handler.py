@@ -195,7 +195,8 @@ class BoneAgeModelHandler(base.ModelHandler[ScoreRequest, Inference, Any]):
       enable_gpu_memory_growth()
     model, _ = export.load_export(self._export_dir)
     engine = engines.load_engine(model, self._export_dir, self._engine, self._precision, gpu_count=gpus)
-    logging.info("scoring with engine %s", engine.label)
+    # Once per worker process; the summary's rows_by_engine says it once per run.
+    logging.debug("scoring with engine %s", engine.label)
     # RunInference keeps this object alive for the worker's lifetime (per
     # process, or in the owning process when shared): loaded once, not per bundle.
     return LoadedScorer(model, self._gradcam, engine, self._tta_views)

@@ -48,11 +48,15 @@ class ScoredRows:
     tallies: PCollections of ints: inputs read per matched file or pattern.
     worker_tallies: (worker id, images scored) pairs, one per worker process
       that ran the model (images later rejected as duplicate_id included).
+    progress_items: One element per input as soon as it is scored or refused,
+      before duplicate ids are settled (a GroupByKey that holds every row
+      until the model is done): what a progress count follows.
   """
   rows: beam.PCollection
   rejects: list
   tallies: list
   worker_tallies: beam.PCollection
+  progress_items: beam.PCollection | None = None
 
 
 class DecodeWithMetadataFn(transforms.DecodeLetterboxFn):
@@ -145,9 +149,13 @@ def score_rows(pipeline, config, export_dir: str, size_px: int, group_names: lis
              | "SettleDuplicateIds" >> beam.ParDo(records.SettleDuplicateIdsFn()).with_outputs(
                  rejects.REJECTS_TAG, main="rows"))
   worker_tallies = finished[records.WORKER_TALLY_TAG] | "ImagesPerWorker" >> beam.CombinePerKey(sum)
+  refused_before_the_model = [matched[rejects.REJECTS_TAG], listed[rejects.REJECTS_TAG], join_rejects,
+                              read[rejects.REJECTS_TAG], decoded[rejects.REJECTS_TAG], requests[rejects.REJECTS_TAG]]
+  # One worker tally per scored image (the second subject under --unknown_sex=both has none).
+  progress_items = ((finished[records.WORKER_TALLY_TAG], *refused_before_the_model)
+                    | "ProgressItems" >> beam.Flatten())
   return ScoredRows(
       rows=settled.rows,
-      rejects=[matched[rejects.REJECTS_TAG], listed[rejects.REJECTS_TAG], join_rejects, read[rejects.REJECTS_TAG],
-               decoded[rejects.REJECTS_TAG], requests[rejects.REJECTS_TAG], settled[rejects.REJECTS_TAG]],
+      rejects=[*refused_before_the_model, settled[rejects.REJECTS_TAG]],
       tallies=[matched[sources.TALLY_TAG], listed[sources.TALLY_TAG]],
-      worker_tallies=worker_tallies)
+      worker_tallies=worker_tallies, progress_items=progress_items)

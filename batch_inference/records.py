@@ -24,6 +24,7 @@ from beam_pipelines import rejects
 from batch_inference import handler
 from batch_inference import overlays
 from batch_inference import patients
+from batch_inference import sources
 
 WORKER_TALLY_TAG = "worker_tally"  # (worker id, 1) per image, from the process that ran the model
 
@@ -108,7 +109,7 @@ def prediction_row(key: ScoreKey, inference: handler.Inference, group_names: lis
                                          f"(validation {ood_stats.percentile:g}th percentile)"))
   row = {
       "id": key.id,
-      "source": key.source,
+      "file": sources.source_file(key.id, key.source),
       "sex": subject.sex,
       "sex_source": subject.sex_source,
       "boneage_months": _round(months),
@@ -203,9 +204,10 @@ class SettleDuplicateIdsFn(beam.DoFn):
   def process(self, element):
     example_id, rows = element
     rows = list(rows)
-    kept = min(r["source"] for r in rows)
-    for source in sorted({r["source"] for r in rows} - {kept}):
-      yield rejects.reject(
-          errors.InputError(source, errors.DUPLICATE_ID, f"id {example_id!r} is already given by {kept}"), example_id)
-    for row in sorted((r for r in rows if r["source"] == kept), key=lambda r: r["sex"]):
+    kept = min(r["file"] for r in rows)  # one id and one file: one input
+    for file in sorted({r["file"] for r in rows} - {kept}):
+      yield rejects.reject(errors.InputError(sources.input_path(example_id, file), errors.DUPLICATE_ID,
+                                             f"id {example_id!r} is already given by "
+                                             f"{sources.input_path(example_id, kept)}"), example_id)
+    for row in sorted((r for r in rows if r["file"] == kept), key=lambda r: r["sex"]):
       yield row

@@ -61,11 +61,11 @@ def _jsonl(text: str) -> list[dict]:
 
 
 def _row_sort_key(row: dict) -> tuple:
-  return (str(row["id"]), str(row["source"]), str(row["sex"]))
+  return (str(row["id"]), str(row["file"]), str(row["sex"]))
 
 
 def _reject_sort_key(record: dict) -> tuple:
-  return (str(record.get("source")), str(record.get("reason")), str(record.get("id")), str(record.get("detail")))
+  return (str(record.get("file")), str(record.get("reason")), str(record.get("id")), str(record.get("detail")))
 
 
 def read_run(output_dir: str, run_id: str | None = None) -> dict:
@@ -77,7 +77,7 @@ def read_run(output_dir: str, run_id: str | None = None) -> dict:
 
   Returns:
     {"run_id", "run_dir", "manifest", "summary", "predictions" (dicts sorted
-    by id, source, sex), "rejects" (sorted), "csv_header" (column names),
+    by id, file, sex), "rejects" (sorted), "csv_header" (column names),
     "csv_rows" (dicts of strings, sorted like predictions)}.
 
   Raises:

@@ -260,30 +260,48 @@ def build(pipeline, config: ScoreConfig, export_dir: str, export_metadata: dict,
     scored = dataclasses.replace(scored, rows=rows)
   writers.write_outputs(scored, run_dir, group_names, config.gradcam)
   if monitor is not None:
-    _ = ((scored.rows, *scored.rejects) | "ProgressItems" >> beam.Flatten()
-         | "Progress" >> progress.CountProgress(monitor.progress_dir, monitor.stage))
+    _add_progress_counts(scored, monitor)
 
   return {"provenance": run_info, "prediction_interval": interval}
 
 
-_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+def _add_progress_counts(scored: scoring.ScoredRows, monitor: progress.ProgressMonitor) -> None:
+  """Counts each input once scored or refused and, when the total is not known up front, the inputs listed."""
+  pipeline = scored.rows.pipeline
+  items = scored.progress_items
+  if items is None:
+    items = (scored.rows, *scored.rejects) | "ProgressItems" >> beam.Flatten(pipeline=pipeline)
+  _ = items | "Progress" >> progress.CountProgress(monitor.progress_dir, monitor.stage)
+  if monitor.counts_listing:
+    tallies = tuple(scored.tallies) | "ProgressTallies" >> beam.Flatten(pipeline=pipeline)
+    _ = tallies | "ProgressListed" >> progress.CountProgress(monitor.progress_dir, monitor.listed_stage,
+                                                             sum_values=True)
+    _ = tallies | "ProgressListedFiles" >> progress.CountProgress(monitor.progress_dir, monitor.listed_units_stage)
 
 
-def expected_inputs(config: ScoreConfig) -> int | None:
-  """How many inputs the run will read, when listing the patterns says so (no archive, no manifest)."""
+def listing_plan(config: ScoreConfig) -> tuple[int | None, int | None]:
+  """(inputs, listing units) known before the job, from matching the --inputs patterns here.
+
+  inputs: how many inputs the run will read, when every matched file is an image (each one input); None when a
+  file may be an archive (its members are counted while the job lists them) or with --inputs_manifest.
+  listing units: distinct files matched plus patterns matching none (each gives one tally when listed); None
+  with --inputs_manifest or when a pattern cannot be matched here (the job records that as a reject).
+  """
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   if config.inputs_manifest:
-    return None
-  total = 0
+    return None, None
+  paths, matching_none = set(), 0
   for pattern in config.inputs:
     try:
-      paths = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+      matched = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
     except Exception:  # pylint: disable=broad-except
-      return None  # the job records the listing failure as a reject
-    if any(p.lower().endswith(_ARCHIVE_SUFFIXES) for p in paths):
-      return None
-    total += max(len(paths), 1)  # a pattern matching nothing is one missing_file reject
-  return total
+      return None, None
+    matching_none += not matched  # one missing_file reject
+    paths.update(sources.display_name(p) for p in matched)
+  units = len(paths) + matching_none
+  if all(p.lower().endswith(sources.IMAGE_SUFFIXES) for p in paths):
+    return units, units
+  return None, units
 
 
 def nothing_read(summary: dict) -> bool:
@@ -325,8 +343,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
   run_.start(list(config.inputs))
   try:
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=PipelineOptions(beam_args))
-    with progress.ProgressMonitor("scoring", total=expected_inputs(config), unit="inputs",
-                                  enabled=test_pipeline is None) as monitor:
+    total, listing_units = listing_plan(config)
+    with progress.ProgressMonitor("scoring", total=total, unit="inputs", enabled=test_pipeline is None,
+                                  counts_listing=total is None, listing_units=listing_units) as monitor:
       described = build(pipeline, config, export_dir, export_metadata, run_.path, run_.started_utc, monitor)
       result = pipeline.run()
       result.wait_until_finish()

@@ -178,6 +178,42 @@ def member_source(archive_path: str, member_name: str) -> str:
   return f"{display_name(archive_path)}!{display_name(member_name)}"
 
 
+def _archive_name_in_id(member_id_: str) -> str:
+  """The archive's name at the head of a member id: up to the first '!' after an archive suffix, else the first '!'.
+
+  Only a name without '/' can be the archive's (a member path may hold both '/' and '!').
+  """
+  heads = [member_id_[:i] for i, char in enumerate(member_id_) if char == "!" and "/" not in member_id_[:i]]
+  for head in heads:
+    if head.lower().endswith(_NESTED_SUFFIXES):
+      return head
+  return heads[0]
+
+
+def source_file(example_id: str | None, source: str) -> str:
+  """The `file` column of a row or reject: the path of the file that was read.
+
+  For a plain file that is its source path (the id is its stem); for an
+  archive member, the archive's path, since the id (`<archive name>!<member>`)
+  already names the member. `input_path` turns (id, file) back into the exact
+  source.
+  """
+  if not example_id or "!" not in example_id:
+    return source
+  if source != example_id and not source.endswith("/" + example_id):
+    return source  # not a member id of this source (a label or listing reject)
+  folder = source[:len(source) - len(example_id)]
+  return folder + _archive_name_in_id(example_id)
+
+
+def input_path(example_id: str | None, file: str) -> str:
+  """The exact input of a row (id, file): `file` itself, or `<archive path>!<member>` for an archive member."""
+  name = posixpath.basename(file)
+  if example_id and example_id.startswith(name + "!"):
+    return file + example_id[len(name):]
+  return file
+
+
 def _refuse(source: str, reason: str, detail: str, example_id: str | None) -> Refusal:
   return Refusal(errors.InputError(source, reason, detail), example_id)
 

@@ -30,6 +30,7 @@ from bone_age import provenance
 from batch_inference import overlays
 from batch_inference import patients
 from batch_inference import runs
+from batch_inference import sources
 
 PREDICTIONS_PREFIX = "predictions"
 REJECTS_PREFIX = "rejects"
@@ -40,7 +41,7 @@ COUNTS_JSON = "counts.json"
 # Columns of the predictions CSV shards (the JSONL shards hold the same values,
 # with the group probabilities as one {group name: probability} object).
 BASE_COLUMNS = (
-    "id", "source", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
+    "id", "file", "sex", "sex_source", "boneage_months", "boneage", "age_group", "age_group_index",
     "chronological_age_months", "chronological_age_source", "ba_minus_ca_months", "sds", "sds_reading",
     "sds_missing_reason", "overlay_path", "quality_flags", "ood_score", "engine")
 # The TTA spread and conformal interval (records.interval_columns), then the provenance (bone_age.provenance).
@@ -134,6 +135,12 @@ class WritePredictions(beam.PTransform):
                                                 header=csv_header(group_names)))
 
 
+def reject_row(record: dict) -> dict:
+  """A rejects record as written: id, file (the file or archive read, as in the prediction rows), reason, detail."""
+  return {"id": record.get("id"), "file": sources.source_file(record.get("id"), record["source"]),
+          "reason": record["reason"], "detail": record["detail"]}
+
+
 class WriteRejects(beam.PTransform):
   """Rejects records -> rejects-*.jsonl shards in run_dir (an empty shard when there are none)."""
 
@@ -143,6 +150,7 @@ class WriteRejects(beam.PTransform):
 
   def expand(self, records):
     return (records
+            | "FileColumn" >> beam.Map(reject_row)
             | "ToJson" >> beam.Map(_json_line)
             | "WriteJsonl" >> beam.io.WriteToText(self._prefix, file_name_suffix=JSONL_SUFFIX))
 

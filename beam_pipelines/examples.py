@@ -15,6 +15,7 @@ import apache_beam as beam
 from bone_age import imaging
 from bone_age import quality
 from bone_age import schema
+from beam_pipelines import progress
 from beam_pipelines import rejects
 from beam_pipelines import transforms
 
@@ -146,11 +147,14 @@ class BuildExamples(beam.PTransform):
     rejects_paths: Files to write the JSON-lines rejects to (each replaced).
     max_pixels: Decompression-bomb guard.
     quality_gate: The content gate's policy (`bone_age.quality`): strict, flag or off.
+    rejects_progress: (progress_dir, stage) of a progress.ProgressMonitor that counts the rejects, so a build's
+      progress reaches its total (written + rejected = label rows).
   """
 
   def __init__(self, size_px: int, rejects_paths=(), max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
-               quality_gate: str = quality.DEFAULT_POLICY):
+               quality_gate: str = quality.DEFAULT_POLICY, rejects_progress: tuple[str, str] | None = None):
     super().__init__()
+    self._rejects_progress = rejects_progress
     self._size_px = size_px
     self._rejects_paths = list(rejects_paths)
     self._max_pixels = max_pixels
@@ -167,6 +171,8 @@ class BuildExamples(beam.PTransform):
     all_rejects = ((outputs[rejects.REJECTS_TAG], label_rejects) | "FlattenRejects" >> beam.Flatten())
     for i, path in enumerate(self._rejects_paths):
       _ = all_rejects | f"WriteRejects{i}" >> rejects.WriteJsonLines(path)
+    if self._rejects_progress is not None:
+      _ = all_rejects | "ProgressRejects" >> progress.CountProgress(*self._rejects_progress)
     return outputs[EXAMPLES_TAG]
 
 

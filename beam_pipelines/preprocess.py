@@ -76,14 +76,15 @@ class BuildSummary:
     return self.read == self.total_written + self.total_rejected
 
   def format(self) -> str:
-    lines = [f"Dataset: {self.dataset_dir}", f"  read (label rows):  {self.read}"]
-    lines += [f"  written {split + ':':11s} {n}" for split, n in self.written.items()]
-    lines.append(f"  written total:      {self.total_written}")
-    lines += [f"  rejected {reason}: {n}" for reason, n in self.rejected.items()]
-    lines.append(f"  rejected total:     {self.total_rejected} (see rejects.jsonl)")
+    """Three lines and one per reject reason: the folder, read = written (per split) + rejected, the rejects."""
     verdict = "OK" if self.accounted_for else "MISMATCH: some inputs are unaccounted for"
-    lines.append(f"  read = written + rejected: {self.read} = {self.total_written} + {self.total_rejected} "
-                 f"-> {verdict}")
+    splits = ", ".join(f"{split} {n}" for split, n in self.written.items())
+    lines = [f"Dataset: {self.dataset_dir}",
+             f"  read {self.read} label rows = written {self.total_written} ({splits}) + rejected "
+             f"{self.total_rejected} -> {verdict}"]
+    lines += [f"  rejected {reason}: {n}" for reason, n in self.rejected.items()]
+    if self.rejected:
+      lines.append("  every reject, with its reason and detail: rejects.jsonl beside the dataset")
     return "\n".join(lines)
 
 
@@ -130,8 +131,11 @@ def run(argv: list[str], show_progress: bool = False) -> BuildSummary:
     builder_kwargs["rejects_path"] = _FLAGS.rejects
   if _FLAGS.quality_gate != quality.DEFAULT_POLICY:
     builder_kwargs["quality_gate"] = _FLAGS.quality_gate
+  # Dataflow workers cannot reach this machine's progress files: no monitor, and no counting of the label rows.
+  show_progress = show_progress and not any(arg.startswith("--runner") and arg.endswith("DataflowRunner")
+                                            for arg in beam_args)
   # stream: the console, not the buffer that holds TFDS's own prints below.
-  monitor = progress.ProgressMonitor("dataset build", parts=("train", "validation", "test"),
+  monitor = progress.ProgressMonitor("dataset build", parts=progress.BUILD_PARTS,
                                      enabled=show_progress, stream=sys.stdout)
   if show_progress:
     builder_kwargs["progress"] = monitor

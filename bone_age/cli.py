@@ -37,6 +37,7 @@ DEFAULT_VERBOSITY = "info"
 USAGE_EXIT_CODE = 2
 _HELP_SHORT = ("-h", "--help", "-help", "--helpshort", "-?")
 _HELP_FULL = ("--helpfull",)
+HELP_FLAGS = (*_HELP_SHORT, *_HELP_FULL)
 # TensorFlow's native log floor per verbosity: 3 hides its INFO, WARNING and ERROR start-up lines
 # (oneDNN, "Could not find cuda drivers", cuInit on a CPU machine); real failures still raise in Python.
 _TF_CPP_MIN_LOG_LEVEL = {"info": "3", "warning": "1", "debug": "0"}
@@ -206,8 +207,11 @@ def _flag_line(flag: flags.Flag) -> str:
   enum_values = getattr(getattr(flag, "parser", None), "enum_values", None)
   if enum_values:
     name += "=" + "|".join(enum_values)
-  shown_default = f" (default {default})" if default and default not in ("''", "'false'") else ""
-  return f"  {name}{shown_default}: {_first_sentence(flag.help)}"
+  shown_default = f" (default {default})" if default and default not in ("''", "'false'", "'[]'") else ""
+  description = flag.help
+  if enum_values and description.startswith("<"):
+    description = description.split(">: ", 1)[-1]  # absl's "<a|b>: " prefix repeats the values shown above
+  return f"  {name}{shown_default}: {_first_sentence(description)}"
 
 
 def help_text(prog: str, usage: str, fv: flags.FlagValues, groups: Sequence[FlagGroup]) -> str:
@@ -278,8 +282,10 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
   """Raises UsageError for the first argument that no registered Beam PipelineOptions class knows.
 
   Beam itself logs "Discarding unparseable args" and runs on; a mistyped
-  flag of ours would then silently do nothing.
+  flag of ours would then silently do nothing. An empty list imports nothing (launch stays light).
   """
+  if not beam_args:
+    return
   # pylint: disable=g-import-not-at-top,protected-access
   from apache_beam.options import pipeline_options
   try:

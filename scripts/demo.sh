@@ -20,7 +20,8 @@ timings="$out/demo_timings.tsv"
 printf 'stage\tseconds\n' > "$timings"
 # Each stage's seconds go to demo_timings.tsv; scripts/readme_demo_numbers.py quotes them in the README.
 end_stage() { if [ -n "$stage_name" ]; then printf '%s\t%s\n' "$stage_name" "$((SECONDS - stage_start))" >> "$timings"; fi; }
-stage() { end_stage; stage_name="${1%% *}"; stage_start=$SECONDS; echo; echo "=== [$((SECONDS - start))s] $*"; }
+# The "===" header sets each stage apart without a blank line (the console budget: tests/test_demo_console.py).
+stage() { end_stage; stage_name="${1%% *}"; stage_start=$SECONDS; echo "=== [$((SECONDS - start))s] $*"; }
 
 stage "1/6 Synthetic hand phantoms (generic layout: labels.csv + images/)"
 boneage-phantoms --output_dir="$out/phantoms" --num_images="$num_images" --seed=0

@@ -51,16 +51,8 @@ def patient_lines(row: dict, run_dir: str) -> list[str]:
     age += (f"SDS {row['sds']:+.2f} ({row['sds_reading']})" if row.get("sds") is not None
             else f"no SDS ({row['sds_missing_reason']})")
   sr = os.path.join(run_dir, row["dicom_sr_path"]) if row.get("dicom_sr_path") else f"no SR ({row.get('dicom_status')})"
-  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}",
-          f"  input sha256 {row.get('input_sha256')}"]
-
-
-def provenance_line(summary: dict) -> str:
-  """Which model made the results, from the run's summary."""
-  p = summary.get("provenance") or {}
-  return (f"model {p.get('model_id')} (sha256 {p.get('model_sha256')}), experiment {p.get('experiment')}, "
-          f"step {p.get('checkpoint_step')} ({p.get('checkpoint_reason')}), dataset {p.get('dataset')} "
-          f"{p.get('dataset_version')}, software {p.get('software_version')}, run {p.get('run_started_utc')}")
+  # The input's sha256 and the rest of the row are in the predictions CSV and on the overlay.
+  return [f"{row['id']} ({row['sex']}): {ba}", f"  {age}", f"  DICOM SR: {sr}"]
 
 
 def main(out: str) -> int:
@@ -110,7 +102,6 @@ def main(out: str) -> int:
     print(f"  {100 * interval['level']:g}% interval on the test split: coverage {100 * interval['coverage']:.0f}%, "
           f"mean width {interval['mean_width_months']:.1f} months ({interval['tta_views']} TTA views, "
           f"{interval['n_calibration']} calibration images)")
-  print(f"  {provenance_line(summary)}")
   print("\n  Three patients (research use only, not a medical device):")
   for row in _three_patients(scores["predictions"]):
     for line in patient_lines(row, run_dir):

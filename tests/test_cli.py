@@ -1,9 +1,11 @@
 """The one command-line convention (bone_age/cli.py), checked in-process on every command's main."""
 
+from absl import flags
 import pytest
 
 from batch_inference import score
 from beam_pipelines import preprocess
+from bone_age import cli
 from bone_age import phantoms
 from launch import cli as launch_cli
 from trainer import evaluate_main
@@ -24,6 +26,7 @@ COMMANDS = [
                                    "metadata_csv", "gradcam", "unknown_sex", "batch_size", "engine", "precision",
                                    "max_member_bytes", "members_per_read", "max_pixels", "quality_gate",
                                    "overlay_max_px", "dicom_outputs", "dicomweb_url", "verbosity"]),
+    (launch_cli.main, "boneage-launch", ["verbosity"]),
 ]
 
 
@@ -96,14 +99,71 @@ def test_train_usage_mistakes_are_one_line(tmp_path, capsys):
   assert "boneage-preprocess" in err
 
 
-def test_launch_help_is_short_and_mistakes_are_one_line(capsys):
-  for target in ("", "dataflow-preprocess", "dataflow-score", "vertex-train", "tpu-vm", "local-multiworker",
-                 "tensorboard"):
-    with pytest.raises(SystemExit) as exit_info:
-      launch_cli.main([target, "--help"] if target else ["--help"])
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 0 and len(out.splitlines()) < 60, (target, out)
+def _target_flags(target: str) -> list[str]:
+  fv = flags.FlagValues()
+  launch_cli.TARGETS[target].define(fv)
+  return [name for name, flag in fv._flags().items() if name == flag.name]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("target", sorted(launch_cli.TARGETS))
+def test_launch_target_help_lists_every_flag_in_under_60_lines(target, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    launch_cli.main(["vertex-train", "--mode=nope"])
+    launch_cli.main(["boneage-launch", target, "--help"])
+  out = capsys.readouterr().out
+  assert exit_info.value.code == 0 and out.startswith(f"usage: boneage-launch {target} ")
+  assert len(out.splitlines()) < 60, out
+  names = _target_flags(target)
+  assert "dry_run" in names
+  for name in [*names, "verbosity"]:
+    assert f"--{name}" in out or f"--[no]{name}" in out, name
+
+
+def test_launch_help_names_every_target(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    launch_cli.main(["boneage-launch", "--help"])
+  out = capsys.readouterr().out
+  assert exit_info.value.code == 0 and all(f"  {target} " in out for target in launch_cli.TARGETS), out
+
+
+SCORE_PLACEMENT = ["--project=p", "--region=r", "--temp_location=gs://b/t", "--sdk_container_image=img",
+                   "--model_dir=gs://b/m", "--inputs=gs://b/*.png", "--output_dir=gs://b/o", "--dry_run"]
+
+
+def test_launch_usage_mistakes_are_one_line(capsys):
+  launch = ["boneage-launch"]
+  assert "a target is required" in _usage_error(launch_cli.main, launch, capsys)
+  assert "unknown target 'vertex'" in _usage_error(launch_cli.main, [*launch, "vertex"], capsys)
+  assert "--mode" in _usage_error(launch_cli.main, [*launch, "vertex-train", "--mode=nope"], capsys)
+  err = _usage_error(launch_cli.main, [*launch, "vertex-train", "--projct=p"], capsys)
+  assert "--projct" in err and "boneage-launch vertex-train --help" in err
+  assert "--port" in _usage_error(launch_cli.main, [*launch, "tensorboard", "--model_dir=m", "--port=http"], capsys)
+  err = _usage_error(launch_cli.main, [*launch, "dataflow-score", *SCORE_PLACEMENT, "--metdata_csv=gs://b/x.csv"],
+                     capsys)
+  assert "--metdata_csv" in err and "neither this command nor Beam" in err
+  assert "DataflowRunner" in _usage_error(launch_cli.main, [*launch, "dataflow-score", *SCORE_PLACEMENT,
+                                                           "--runner=DirectRunner"], capsys)
+  assert "--num_workers=2" in _usage_error(launch_cli.main, [*launch, "local-multiworker", "--num_workers=2"], capsys)
+
+
+@pytest.fixture
+def restores_log_settings(monkeypatch):
+  """--verbosity=debug sets process-wide log settings; put them back after the test."""
+  for name in ("TF_CPP_MIN_LOG_LEVEL", cli.QUIET_WORKERS_ENV):
+    monkeypatch.delenv(name, raising=False)
+  yield
+  cli.quiet_start(["boneage-launch"])
+
+
+def test_launch_passes_beam_options_and_verbosity_to_the_job(capsys, restores_log_settings):
+  assert launch_cli.main(["boneage-launch", "--verbosity=debug", "dataflow-score", *SCORE_PLACEMENT,
+                          "--number_of_worker_harness_threads=4"]) == 0
+  command = capsys.readouterr().out.split()
+  assert command[:2] == ["boneage-score", "--verbosity=debug"]
+  assert command[-1] == "--number_of_worker_harness_threads=4" and "--runner=DataflowRunner" in command
+
+
+def test_launch_traceback_only_with_debug(capsys, restores_log_settings):
+  with pytest.raises(SystemExit):
+    launch_cli.main(["boneage-launch", "tensorboard", "--verbosity=debug"])
   err = capsys.readouterr().err
-  assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--mode" in err
+  assert "Traceback" in err and "--model_dir is required" in err.splitlines()[-1]

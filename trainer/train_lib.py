@@ -363,8 +363,14 @@ class Trainer:
     elapsed_s = time.perf_counter() - self._progress_start
     done = step - self._progress_first_step
     eta_s = elapsed_s / done * (self.config.train.train_steps - step) if done > 0 else None
-    logging.info("%s", progress_line(step, self.config.train.train_steps, values["images_per_second"],
-                                     values["mae_months"], self._last_val_mae, eta_s))
+    t = self.config.train
+    on_console = step % console_every_steps(t.train_steps, t.log_every_steps) == 0 or step == t.train_steps
+    line = progress_line(step, t.train_steps, values["images_per_second"], values["mae_months"], self._last_val_mae,
+                         eta_s)
+    if on_console:
+      logging.info("%s", line)
+    else:
+      logging.debug("%s", line)
 
   def _log_validation(self, step, result):
     values = {k: v for k, v in result.items() if k != "count" and v is not None}
@@ -481,6 +487,20 @@ def _duration(seconds: float) -> str:
   if seconds >= 3600:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# Progress lines printed per run at the default verbosity, whatever its length (TensorBoard keeps every window).
+CONSOLE_LINES_PER_RUN = 10
+
+
+def console_every_steps(total_steps: int, log_every_steps: int, lines_per_run: int = CONSOLE_LINES_PER_RUN) -> int:
+  """Steps between console progress lines: a multiple of log_every_steps giving about lines_per_run lines.
+
+  Logging windows in between go to TensorBoard and to --verbosity=debug only, so a long run prints as few
+  lines as a short one (2800 steps logged every 100: a line every 300 steps, 10 in all with the last).
+  """
+  windows = max(1, math.ceil(total_steps / max(lines_per_run, 1) / log_every_steps))
+  return windows * log_every_steps
 
 
 def progress_line(step: int, total_steps: int, images_per_second: float, train_mae_months: float,

@@ -95,7 +95,7 @@ def test_score_reads_and_writes_gs_through_beam_filesystems(gcs_emulator, tiny_e
 
   assert out["run_dir"] == f"{output_dir}/runs/{out['run_id']}"
   assert [r["id"] for r in out["predictions"]] == ["0", "1", "2", "batch.zip!a.png", "batch.zip!b.dcm"]
-  assert out["predictions"][0]["source"] == f"gs://{BUCKET}/in/0.png"
+  assert out["predictions"][0]["file"] == f"gs://{BUCKET}/in/0.png"
   assert [(r["id"], r["reason"]) for r in out["rejects"]] == [("corrupt", "truncated")]
   summary = out["summary"]
   assert (summary["read"], summary["scored"], summary["rejected"], summary["read_equals_scored_plus_rejected"]) == (6, 5, 1, True)

@@ -16,6 +16,7 @@ from apache_beam.testing import test_pipeline
 
 from bone_age import errors
 from batch_inference import score
+from batch_inference import sources
 
 
 def _run(tiny_export, inputs, output_dir, *extra):
@@ -47,8 +48,10 @@ def test_non_utf8_file_and_member_names_are_scored_under_escaped_ids(tiny_export
   assert not out["rejects"]
   rows = {r["id"]: r for r in out["predictions"]}
   assert set(rows) == {"\\xff", "raw.tar!hands/caf\\xe9.png"}
-  assert rows["\\xff"]["source"] == f"{inputs}/\\xff.png"
-  assert rows["raw.tar!hands/caf\\xe9.png"]["source"] == f"{inputs}/raw.tar!hands/caf\\xe9.png"
+  assert rows["\\xff"]["file"] == f"{inputs}/\\xff.png"
+  # The member is named by the id; file is the archive, and together they give the exact input.
+  assert rows["raw.tar!hands/caf\\xe9.png"]["file"] == f"{inputs}/raw.tar"
+  assert sources.input_path("raw.tar!hands/caf\\xe9.png", f"{inputs}/raw.tar") == f"{inputs}/raw.tar!hands/caf\\xe9.png"
   assert all((tmp_path / "out" / out["run_dir"] / r["overlay_path"]).exists() for r in rows.values())
 
 
@@ -63,7 +66,7 @@ def test_a_listing_that_fails_is_a_listing_failed_reject_with_its_cause(tiny_exp
   out = outputs_of(tmp_path / "out")
   _assert_accounted(out)
   assert out["summary"]["scored"] == 1
-  failed = {r["source"]: r for r in out["rejects"]}
+  failed = {r["file"]: r for r in out["rejects"]}
   assert {r["reason"] for r in failed.values()} == {errors.LISTING_FAILED}
   assert set(failed) == {"s3://no-bucket/scans/*.png", "hdfs://nowhere/scans/*.dcm"}
   # The cause, in the filesystem's words (not "matches no file").
@@ -88,7 +91,7 @@ def test_allow_empty_patterns_records_a_missing_file_reject(tiny_export, make, o
   _run(tiny_export, [tmp_path / "ok.png", tmp_path / "typo" / "*.png"], tmp_path / "out", "--allow_empty_patterns")
   out = outputs_of(tmp_path / "out")
   _assert_accounted(out)
-  assert [(r["source"], r["reason"]) for r in out["rejects"]] == [(str(tmp_path / "typo" / "*.png"),
+  assert [(r["file"], r["reason"]) for r in out["rejects"]] == [(str(tmp_path / "typo" / "*.png"),
                                                                    errors.MISSING_FILE)]
 
 
@@ -122,4 +125,4 @@ def test_inputs_manifest_patterns_are_matched_by_the_workers(tiny_export, make, 
   _assert_accounted(out)
   assert sorted(r["id"] for r in out["predictions"]) == ["a1", "b1", "more.zip!z.png"]
   # A manifest is read by the workers, so its patterns cannot be checked up front: one that matches nothing is a reject.
-  assert [(r["source"], r["reason"]) for r in out["rejects"]] == [(f"{tmp_path / 'gone'}/*", errors.MISSING_FILE)]
+  assert [(r["file"], r["reason"]) for r in out["rejects"]] == [(f"{tmp_path / 'gone'}/*", errors.MISSING_FILE)]

@@ -24,7 +24,7 @@ from batch_inference import writers
 
 
 def _row(example_id: str, sex: str = "M", sex_source: str = "csv", overlay: bool = False) -> dict:
-  return {"id": example_id, "source": f"/in/{example_id}.png", "sex": sex, "sex_source": sex_source,
+  return {"id": example_id, "file": f"/in/{example_id}.png", "sex": sex, "sex_source": sex_source,
           "boneage_months": 120.0, "boneage": "10 years 0 months", "age_group": "a", "age_group_index": 0,
           "age_group_probabilities": {"a": 0.75, "b": 0.25}, "chronological_age_months": None,
           "chronological_age_source": None, "ba_minus_ca_months": None,
@@ -42,14 +42,15 @@ def test_writers_count_inside_the_pipeline(tmp_path):
   rows = [_row("1", overlay=True), _row("2", "F", "dicom"), _row("3", "F", "assumed_both"),
           _row("3", "M", "assumed_both"), _row('4,"q"')]
   rejects = [{"id": "5", "source": "/in/5.png", "reason": "truncated", "detail": "x"},
-             {"id": None, "source": "/gone/*.png", "reason": "missing_file", "detail": "y"}]
+             {"id": None, "source": "/gone/*.png", "reason": "missing_file", "detail": "y"},
+             {"id": "b.zip!h/6.png", "source": "/in/b.zip!h/6.png", "reason": "truncated", "detail": "z"}]
   with test_pipeline.TestPipeline() as pipeline:
-    scored = _scored(pipeline, rows, rejects, [4, 2], worker_tallies=[("w1", 3), ("w2", 1), ("w1", 1)])
+    scored = _scored(pipeline, rows, rejects, [4, 3], worker_tallies=[("w1", 3), ("w2", 1), ("w1", 1)])
     writers.write_outputs(scored, str(tmp_path), ["a", "b"], gradcam=False)
   counts = json.loads((tmp_path / writers.COUNTS_JSON).read_text())
   assert counts == {
-      "read": 6, "scored": 4, "rejected": 2, "read_equals_scored_plus_rejected": True, "prediction_rows": 5, "overlays": 1,
-      "rejected_by_reason": {"missing_file": 1, "truncated": 1},
+      "read": 7, "scored": 4, "rejected": 3, "read_equals_scored_plus_rejected": True, "prediction_rows": 5, "overlays": 1,
+      "rejected_by_reason": {"missing_file": 1, "truncated": 2},
       "sex_sources": {"assumed_both": 2, "csv": 2, "dicom": 1}, "chronological_age_sources": {"unknown": 5},
       "scored_per_worker": {"w1": 4, "w2": 1}, "rows_by_engine": {"tensorflow-float32": 5},
       "flagged_rows_by_code": {}}
@@ -58,8 +59,14 @@ def test_writers_count_inside_the_pipeline(tmp_path):
   csv_lines = [l for p in tmp_path.glob("predictions-*.csv") for l in p.read_text().splitlines()]
   assert csv_lines[0] == ",".join(writers.csv_columns(["a", "b"]))
   parsed = {r["id"]: r for r in csv.DictReader(io.StringIO("\n".join(csv_lines)))}
-  assert parsed['4,"q"']["source"] == '/in/4,"q".png'  # a comma or quote in an id is quoted, not a new column
+  assert parsed['4,"q"']["file"] == '/in/4,"q".png'  # a comma or quote in an id is quoted, not a new column
   assert len(parsed) == 4 and all(len(r) == len(writers.csv_columns(["a", "b"])) for r in parsed.values())
+  # Rejects name the file read like the rows do: an archive member's file is its archive.
+  written = sorted((json.loads(l) for p in tmp_path.glob("rejects-*.jsonl") for l in p.read_text().splitlines()),
+                   key=lambda r: r["file"])
+  assert written == [{"id": None, "file": "/gone/*.png", "reason": "missing_file", "detail": "y"},
+                     {"id": "5", "file": "/in/5.png", "reason": "truncated", "detail": "x"},
+                     {"id": "b.zip!h/6.png", "file": "/in/b.zip", "reason": "truncated", "detail": "z"}]
 
 
 def test_writers_write_empty_shards_when_nothing_was_scored(tmp_path):

@@ -67,7 +67,7 @@ def test_rows_and_csv_carry_provenance_and_the_input_hash(scored, calibrated_exp
   started = out["manifest"]["started_utc"]
   csv_rows = {r["id"]: r for r in out["csv_rows"]}
   for row in out["predictions"]:
-    digest = hashlib.sha256((inputs / pathlib.PurePath(row["source"]).name).read_bytes()).hexdigest()
+    digest = hashlib.sha256((inputs / pathlib.PurePath(row["file"]).name).read_bytes()).hexdigest()
     assert row["input_sha256"] == digest
     assert {k: row[k] for k in expected} == expected and row["run_started_utc"] == started
     as_csv = csv_rows[row["id"]]

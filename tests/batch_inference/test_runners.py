@@ -1,5 +1,7 @@
 """The same predictions from DirectRunner in-process, multi_processing and DaskRunner."""
 
+import re
+
 import pytest
 from apache_beam.testing import test_pipeline
 
@@ -165,3 +167,26 @@ def test_one_zip_spreads_over_two_dask_worker_processes_without_extra_cpu(make, 
   out = outputs_of(tmp_path / "dask")
   assert sorted(r["id"] for r in out["predictions"]) == sorted(f"export.zip!hands/{i}.png" for i in range(ZIP_IMAGES))
   assert dask_cpu_s <= MAX_CPU_OVER_DIRECT * direct_cpu_s, (dask_cpu_s, direct_cpu_s)
+
+
+@pytest.mark.slow  # two Dask worker processes each import TensorFlow and load the model
+def test_dask_scoring_on_two_worker_processes_prints_done_of_total(tiny_export, make, outputs_of, tmp_path, capsys):
+  """The workers' counts reach the launcher's progress line; the zip's members join the total as listed."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  distributed = pytest.importorskip("distributed")
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  for i in range(4):
+    (inputs / f"{i}.png").write_bytes(make.png(make.pixels(i)))
+  with zipfile.ZipFile(inputs / "batch.zip", "w") as archive:
+    for i in range(3):
+      archive.writestr(f"hands/{i}.png", make.png(make.pixels(10 + i)))
+  (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+  with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    summary = score.run([f"--model_dir={tiny_export}", f"--inputs={inputs}/*", "--unknown_sex=male",
+                         f"--output_dir={tmp_path / 'out'}", "--runner=DaskRunner",
+                         f"--dask_client_address={cluster.scheduler_address}"])
+  assert summary["read"] == 8 and summary["scored"] == 7 and summary["rejected"] == 1
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("scoring:")]
+  assert lines and lines[-1].startswith("scoring: 8/8 inputs (100%) · "), lines
+  assert all(re.match(r"scoring: \d+/\d+ inputs( listed so far)? \(\d+%\) · ", line) for line in lines), lines

@@ -4,6 +4,7 @@ Each test builds its inputs in code, runs the real pipeline (the tiny
 exported model) and checks the outputs, including read = scored + rejected.
 """
 
+import dataclasses
 import io
 import os
 import pathlib
@@ -126,8 +127,9 @@ def test_every_input_kind_is_scored_or_rejected_with_its_reason(tiny_export, mak
   for path in run_dir.iterdir():
     if path.is_file():
       assert "Doe" not in path.read_text()
-  assert out["csv_header"][:4] == ["id", "source", "sex", "sex_source"]
-  assert [(r["id"], r["source"]) for r in out["csv_rows"]] == [(r["id"], r["source"]) for r in out["predictions"]]
+  assert out["csv_header"][:4] == ["id", "file", "sex", "sex_source"]
+  assert scored["z.zip!a/zp.png"]["file"] == str(inputs / "z.zip") and scored["p8"]["file"] == str(inputs / "p8.png")
+  assert [(r["id"], r["file"]) for r in out["csv_rows"]] == [(r["id"], r["file"]) for r in out["predictions"]]
 
 
 def test_unknown_sex_policies_are_recorded(tiny_export, make, outputs_of, tmp_path):
@@ -166,8 +168,8 @@ def test_duplicate_ids_and_twice_matched_files(tiny_export, make, outputs_of, tm
   out = outputs_of(tmp_path / "out")
   _assert_accounted(out)
   assert summary["read"] == 2
-  assert [r["source"] for r in out["predictions"]] == [str(tmp_path / "a" / "7.png")]
-  assert [(r["id"], r["reason"], r["source"]) for r in out["rejects"]] == [
+  assert [r["file"] for r in out["predictions"]] == [str(tmp_path / "a" / "7.png")]
+  assert [(r["id"], r["reason"], r["file"]) for r in out["rejects"]] == [
       ("7", errors.DUPLICATE_ID, str(tmp_path / "b" / "7.png"))]
   assert len(list((pathlib.Path(out["run_dir"]) / "overlays").iterdir())) == 1  # the loser's overlay is not kept
   assert out["summary"]["overlays"] == 1
@@ -252,3 +254,15 @@ def test_console_exits_1_when_no_input_could_be_read(tiny_export, outputs_of, tm
   assert outputs_of(tmp_path / "out", run["run_id"])["rejects"][0]["reason"] == errors.MISSING_FILE
   with pytest.raises(results.RunNotFoundError):
     outputs_of(tmp_path / "out")
+
+
+def test_the_progress_total_is_known_up_front_only_without_archives(tmp_path):
+  for name in ("a.png", "b.dcm", "c.zip"):
+    (tmp_path / name).write_bytes(b"x")
+  images = score.ScoreConfig(model_dir="m", output_dir="o", inputs=(
+      f"{tmp_path}/*.png", f"{tmp_path}/*.dcm", f"{tmp_path}/a.png", f"{tmp_path}/none*.png"))
+  # a.png matched twice is one input; the pattern matching nothing is one missing_file reject.
+  assert score.listing_plan(images) == (3, 3)
+  # The zip's members are counted while the job lists them: only the files to list are known.
+  assert score.listing_plan(dataclasses.replace(images, inputs=(f"{tmp_path}/*",))) == (None, 3)
+  assert score.listing_plan(dataclasses.replace(images, inputs_manifest=str(tmp_path / "m.txt"))) == (None, None)

@@ -238,3 +238,17 @@ def test_display_name_escapes_only_what_is_not_utf8():
   assert sources.display_name("plain/ü.png") == "plain/ü.png"
   assert sources.display_name(os.fsdecode(b"a\xffb.png")) == "a\\xffb.png"
   assert sources.file_id(os.fsdecode(b"/d/\xff.png")) == "\\xff"
+
+
+@pytest.mark.parametrize("example_id, source, file", [
+    ("7", "/d/7.png", "/d/7.png"),
+    ("batch.zip!hands/1377.png", "gs://b/in/batch.zip!hands/1377.png", "gs://b/in/batch.zip"),
+    ("a!b.tar.gz!x/c!d.dcm", "/d/a!b.tar.gz!x/c!d.dcm", "/d/a!b.tar.gz"),  # '!' in the archive and member names
+    ("export!x.dcm", "/d/export!x.dcm", "/d/export"),  # an extensionless archive, sniffed
+    ("raw.tar!caf\\xe9.png", "raw.tar!caf\\xe9.png", "raw.tar"),  # no folder
+    (None, "/gone/*.png", "/gone/*.png"),  # a pattern that matched nothing
+    ("b!x", "labels.csv:3", "labels.csv:3"),  # not a member of this source
+])
+def test_rows_name_the_file_and_id_and_path_give_back_the_exact_input(example_id, source, file):
+  assert sources.source_file(example_id, source) == file
+  assert sources.input_path(example_id, file) == source

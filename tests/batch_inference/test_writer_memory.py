@@ -27,7 +27,7 @@ GROUPS = ["pre", "mid", "late"]
 def rows_of(chunk):
   for i in range(chunk * rows_per_chunk, min(num_rows, (chunk + 1) * rows_per_chunk)):
     months = 60.0 + (i % 1500) / 10.0
-    yield {"id": f"img{i:08d}", "source": f"gs://bucket/export/batch{i // 5000:05d}.zip!hands/img{i:08d}.dcm",
+    yield {"id": f"batch{i // 5000:05d}.zip!hands/img{i:08d}.dcm", "file": f"gs://bucket/export/batch{i // 5000:05d}.zip",
            "sex": "M" if i % 2 else "F", "sex_source": "csv" if i % 3 else "dicom", "boneage_months": months,
            "boneage": f"{int(months // 12)} years {int(months % 12)} months", "age_group": GROUPS[i % 3],
            "age_group_index": i % 3, "age_group_probabilities": {g: round(1 / 3, 4) for g in GROUPS},

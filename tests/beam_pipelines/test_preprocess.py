@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -20,11 +21,11 @@ IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 TWO_PROCESSES = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
 
-def _build(manual_dir, data_dir, config, beam_args, rejects=None):
+def _build(manual_dir, data_dir, config, beam_args, rejects=None, show_progress=False):
   argv = ["boneage-preprocess", f"--manual_dir={manual_dir}", f"--data_dir={data_dir}", f"--config={config}"]
   if rejects:
     argv.append(f"--rejects={rejects}")
-  return preprocess.run(argv + beam_args)
+  return preprocess.run(argv + beam_args, show_progress=show_progress)
 
 
 def _load_by_id(dataset_dir):
@@ -120,10 +121,16 @@ def _bad_inputs_dir(root: pathlib.Path):
   return expected
 
 
-def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_path):
+def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_path, capsys):
   expected = _bad_inputs_dir(tmp_path / "manual")
   rejects_file = tmp_path / "rejects.jsonl"
-  summary = _build(tmp_path / "manual", tmp_path / "out", "128px", IN_PROCESS, rejects=rejects_file)
+  summary = _build(tmp_path / "manual", tmp_path / "out", "128px", IN_PROCESS, rejects=rejects_file,
+                   show_progress=True)
+  # The progress line's total is the label rows; written + rejected reach it.
+  last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dataset build:")][-1]
+  assert re.match(rf"dataset build: {summary.read}/{summary.read} images \(100%\) \(train {summary.written['train']}, "
+                  rf"validation {summary.written.get('validation', 0)}, test {summary.written.get('test', 0)}, "
+                  rf"rejected {sum(summary.rejected.values())}\) · [0-9.]+ images/s$", last), last
   records = [json.loads(line) for line in rejects_file.read_text().splitlines()]
   got = {}
   for r in records:

@@ -34,7 +34,7 @@ def _lines(stdout: str) -> list[list[str]]:
 
 
 def test_cli_dry_run_prints_create_install_and_train(capsys):
-  status = cli.main(["tpu-vm", *TPU, f"--source_dir={REPO_ROOT}", "--config_override=train.epochs=30",
+  status = cli.main(["boneage-launch", "tpu-vm", *TPU, f"--source_dir={REPO_ROOT}", "--config_override=train.epochs=30",
                      "--config_override=run.note=it's a test", "--dry_run"])
   assert status == 0
   lines = _lines(capsys.readouterr().out)
@@ -96,7 +96,7 @@ def test_script_rejects_unknown_flags_and_bad_overrides():
 
 def test_cli_checks_before_calling_bash(capsys):
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["tpu-vm", *TPU[1:], "--dry_run"])
+    cli.main(["boneage-launch", "tpu-vm", *TPU[1:], "--dry_run"])
   assert exit_info.value.code == 2
   assert "--project is required" in capsys.readouterr().err
 
@@ -128,7 +128,7 @@ def test_script_rejects_bad_scaling_flags(flag, message):
 
 
 def test_cli_passes_scaling_flags_and_prints_how_to_follow_and_stop(capsys):
-  assert cli.main(["tpu-vm", *TPU, f"--source_dir={REPO_ROOT}", "--per_replica_batch_size=64",
+  assert cli.main(["boneage-launch", "tpu-vm", *TPU, f"--source_dir={REPO_ROOT}", "--per_replica_batch_size=64",
                    "--steps_per_loop=200", "--max_restarts=5", "--follow", "--dry_run"]) == 0
   captured = capsys.readouterr()
   *_, train, follow = _lines(captured.out)
@@ -143,7 +143,7 @@ def test_cli_passes_scaling_flags_and_prints_how_to_follow_and_stop(capsys):
 
 def test_cli_rejects_bad_scaling_flags_before_bash(capsys):
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["tpu-vm", *TPU, "--steps_per_loop=0", "--dry_run"])
+    cli.main(["boneage-launch", "tpu-vm", *TPU, "--steps_per_loop=0", "--dry_run"])
   assert exit_info.value.code == 2
   assert "--steps_per_loop must be at least 1" in capsys.readouterr().err
 

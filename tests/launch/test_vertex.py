@@ -24,7 +24,7 @@ JOB = ["--project=bone-proj", "--region=us-central1",
 
 def _dry_run(capsys, argv: list[str]) -> tuple[dict, list[str]]:
   """Returns (spec, gcloud argv) from the dry-run output: the JSON spec, then the command line."""
-  assert cli.main(["vertex-train", *JOB, *argv, "--dry_run"]) == 0
+  assert cli.main(["boneage-launch", "vertex-train", *JOB, *argv, "--dry_run"]) == 0
   out = capsys.readouterr().out
   spec, end = json.JSONDecoder().raw_decode(out)
   # gcloud reads --config as YAML; the printed JSON is the same document.
@@ -136,7 +136,7 @@ def test_submit_without_the_sdk_names_the_gcp_extra(capsys):
   if importlib.util.find_spec("google.cloud.aiplatform") is not None:
     pytest.skip("google-cloud-aiplatform is installed: --submit would contact Vertex AI")
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["vertex-train", *JOB, "--submit", "--staging_bucket=gs://bone-bucket"])
+    cli.main(["boneage-launch", "vertex-train", *JOB, "--submit", "--staging_bucket=gs://bone-bucket"])
   assert exit_info.value.code == 2
   assert "pip install '.[gcp]'" in capsys.readouterr().err
 
@@ -165,7 +165,7 @@ def test_submit_without_the_sdk_names_the_gcp_extra(capsys):
 ])
 def test_unusable_parameters_fail_with_the_flag_named(capsys, argv, message):
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["vertex-train", *argv, "--dry_run"])
+    cli.main(["boneage-launch", "vertex-train", *argv, "--dry_run"])
   assert exit_info.value.code == 2
   captured = capsys.readouterr()
   assert message in captured.err
@@ -176,7 +176,7 @@ def test_without_dry_run_the_spec_is_saved_for_gcloud(capsys, monkeypatch, tmp_p
   monkeypatch.setenv("PATH", str(tmp_path))  # no gcloud: the job cannot be created from a test
   config_file = tmp_path / "job.yaml"
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["vertex-train", *JOB, "--mode=multi_worker", f"--config_file={config_file}"])
+    cli.main(["boneage-launch", "vertex-train", *JOB, "--mode=multi_worker", f"--config_file={config_file}"])
   assert exit_info.value.code == 2
   assert "gcloud not found on PATH" in capsys.readouterr().err
   saved = yaml.safe_load(config_file.read_text())

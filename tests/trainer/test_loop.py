@@ -141,3 +141,14 @@ def test_progress_line_says_where_how_fast_how_good_and_how_long():
   line = train_lib.progress_line(1400, 2800, 775.4, 9.64, 12.83, 100.0)
   assert line == "step 1400/2800 (50%) · 775 img/s · train MAE 9.6 months · val MAE 12.8 months · ETA 1m40s"
   assert train_lib.progress_line(5, 2800, 3.0, 40.0, None, 4000.0).endswith("train MAE 40.0 months · ETA 1h06m")
+
+
+def test_console_progress_lines_stay_about_ten_per_run_whatever_its_length():
+  """The demo's 2800 steps logged every 100 print a line every 300 steps; short runs every window."""
+  assert train_lib.console_every_steps(2800, 100) == 300
+  assert train_lib.console_every_steps(200, 100) == 100
+  assert train_lib.console_every_steps(100_000, 50) == 10_000
+  for total, every in ((2800, 100), (200, 100), (100_000, 50), (37, 5)):
+    cadence = train_lib.console_every_steps(total, every)
+    lines = len(range(cadence, total + 1, cadence)) + (total % cadence != 0)  # the last step always prints
+    assert cadence % every == 0 and lines <= train_lib.CONSOLE_LINES_PER_RUN + 1, (total, every, lines)

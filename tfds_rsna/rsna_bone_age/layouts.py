@@ -115,6 +115,18 @@ def check_headers(layout: Layout) -> None:
     labels_lib.check_header(first_line, path.name, spec)
 
 
+def count_label_rows(layout: Layout) -> int:
+  """Non-blank data lines of every label table: the images the build will write or reject (its progress total).
+
+  Streams each table once on the launching machine; the workers still read and parse them.
+  """
+  rows = 0
+  for path, _, _ in layout.tables:
+    with path.open("rb") as f:
+      rows += sum(1 for line in f if line.strip()) - 1  # the header
+  return max(rows, 0)
+
+
 def count_unlabeled_rows(layout: Layout) -> int:
   """Rows of the Kaggle unlabeled test table (reported, not built)."""
   if layout.unlabeled_table is None:

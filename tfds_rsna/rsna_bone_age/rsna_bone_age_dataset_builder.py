@@ -130,8 +130,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     labeled = pipeline | "Labels" >> labeled_images.LabeledImages(
         [(str(path), spec, split) for path, spec, split in layout.tables], str(layout.image_root), split_rule,
         config.num_age_groups, str(self.data_path / labeled_images.FACTS_FILE))
+    rejects_progress = None
+    if self._progress is not None:
+      self._progress.total = layouts.count_label_rows(layout)  # written + rejected reach it
+      rejects_progress = (self._progress.progress_dir, self._progress.stage_of(progress_lib.REJECTED_PART))
     examples = (labeled["records"], labeled["rejects"]) | "RsnaBoneAge" >> examples_lib.BuildExamples(
-        config.image_size_px, rejects_paths, max_pixels=config.max_pixels, quality_gate=self._quality_gate)
+        config.image_size_px, rejects_paths, max_pixels=config.max_pixels, quality_gate=self._quality_gate,
+        rejects_progress=rejects_progress)
     return {split: self._generate_examples(examples, split) for split in self._declared_splits(layout)}
 
   def _declared_splits(self, layout: layouts.Layout) -> list[str]:
@@ -196,9 +201,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["written_by_counter"] = written
     read = self.info.metadata.get("rows_read", 0)
     rejected = sum(self.info.metadata["rejected"].values())
-    # Also printed for `tfds build`, which does not run boneage-preprocess's summary.
+    # For `tfds build`, which does not run boneage-preprocess's summary; under boneage-preprocess (which passes a
+    # progress monitor and prints the same counts) a balanced build says it at DEBUG only. A mismatch always warns.
     accounted = read == sum(written.values()) + rejected
-    logging.log(logging.INFO if accounted else logging.WARNING,
+    logging.log(logging.WARNING if not accounted else logging.INFO if self._progress is None else logging.DEBUG,
                 "rsna_bone_age: read %d label rows; written %s; rejected %s (rejects.jsonl); "
                 "read = written + rejected: %s", read, written, self.info.metadata["rejected"],
                 "OK" if accounted else "MISMATCH")
