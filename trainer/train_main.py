@@ -75,8 +75,10 @@ def train(config: configs.ExperimentConfig, callbacks=()) -> int:
     logging.warning("preempted at step %d; rerun the same command to continue", result.steps)
     return checkpointing.PREEMPTED_EXIT_CODE
   final = result.final_validation
-  print(f"final validation MAE {final.get('mae_months')} months, best "
-        f"{result.best_validation_mae_months:.2f} months at step {result.best_step}; export: {result.export_dir}")
+  final_mae = final.get("mae_months")
+  final_text = "not measured" if final_mae is None else f"{final_mae:.1f} months"
+  print(f"final validation MAE {final_text}, best {result.best_validation_mae_months:.1f} months at step "
+        f"{result.best_step}; export: {result.export_dir}")
   return 0
 
 
