@@ -25,13 +25,12 @@ the default interval for readers.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
-import os
 
 import numpy as np
 
 from bone_age.age_groups import MAX_AGE_MONTHS
+from bone_age import export_files
 
 CONFORMAL_SCORES_FILE = "conformal_scores.npz"
 DEFAULT_ALPHA = 0.1
@@ -148,28 +147,17 @@ def record(calibration: Calibration, alpha: float = DEFAULT_ALPHA) -> dict:
   }
 
 
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (exports may live on gs://)
-  return tf.io.gfile
-
-
 def save(calibration: Calibration, export_dir: str) -> str:
   """Writes conformal_scores.npz beside export_metadata.json; returns its path."""
-  buffer = io.BytesIO()
   views = sorted(calibration.scores_by_views)
-  np.savez(buffer, scores=np.stack([calibration.scores_by_views[v] for v in views]), views=np.asarray(views),
-           split=np.asarray(calibration.split))
-  path = os.path.join(export_dir, CONFORMAL_SCORES_FILE)
-  with _gfile().GFile(path, "wb") as f:
-    f.write(buffer.getvalue())
-  return path
+  return export_files.write_npz(export_dir, CONFORMAL_SCORES_FILE,
+                                scores=np.stack([calibration.scores_by_views[v] for v in views]),
+                                views=np.asarray(views), split=np.asarray(calibration.split))
 
 
 def load(export_dir: str) -> Calibration | None:
   """The export's calibration, or None for an export made without one."""
-  path = os.path.join(export_dir, CONFORMAL_SCORES_FILE)
-  if not _gfile().exists(path):
+  data = export_files.read_npz(export_dir, CONFORMAL_SCORES_FILE)
+  if data is None:
     return None
-  with _gfile().GFile(path, "rb") as f:
-    data = np.load(io.BytesIO(f.read()))
-    return Calibration({int(v): s for v, s in zip(data["views"], data["scores"])}, str(data["split"]))
+  return Calibration({int(v): s for v, s in zip(data["views"], data["scores"])}, str(data["split"]))

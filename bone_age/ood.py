@@ -21,10 +21,10 @@ validation-like images is flagged at the 99th-percentile threshold.
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
 
 import numpy as np
+
+from bone_age import export_files
 
 OOD_STATS_FILE = "ood_stats.npz"
 DEFAULT_PERCENTILE = 99.0
@@ -98,33 +98,22 @@ def fit(train_embeddings: np.ndarray, validation_embeddings: np.ndarray,
   return dataclasses.replace(partial, threshold=float(np.percentile(validation, percentile)))
 
 
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (exports may live on gs://)
-  return tf.io.gfile
-
-
 def save(stats: OodStats, export_dir: str) -> str:
   """Writes ood_stats.npz beside export_metadata.json; returns its path."""
-  buffer = io.BytesIO()
-  np.savez(buffer, mean=stats.mean, precision=stats.precision, threshold=stats.threshold,
-           percentile=stats.percentile, shrinkage=stats.shrinkage, num_train=stats.num_train,
-           num_validation=stats.num_validation)
-  path = os.path.join(export_dir, OOD_STATS_FILE)
-  with _gfile().GFile(path, "wb") as f:
-    f.write(buffer.getvalue())
-  return path
+  return export_files.write_npz(export_dir, OOD_STATS_FILE, mean=stats.mean, precision=stats.precision,
+                                threshold=stats.threshold, percentile=stats.percentile,
+                                shrinkage=stats.shrinkage, num_train=stats.num_train,
+                                num_validation=stats.num_validation)
 
 
 def load(export_dir: str) -> OodStats | None:
   """The export's OodStats, or None for an export made without them."""
-  path = os.path.join(export_dir, OOD_STATS_FILE)
-  if not _gfile().exists(path):
+  data = export_files.read_npz(export_dir, OOD_STATS_FILE)
+  if data is None:
     return None
-  with _gfile().GFile(path, "rb") as f:
-    data = np.load(io.BytesIO(f.read()))
-    return OodStats(mean=data["mean"], precision=data["precision"], threshold=float(data["threshold"]),
-                    percentile=float(data["percentile"]), shrinkage=float(data["shrinkage"]),
-                    num_train=int(data["num_train"]), num_validation=int(data["num_validation"]))
+  return OodStats(mean=data["mean"], precision=data["precision"], threshold=float(data["threshold"]),
+                  percentile=float(data["percentile"]), shrinkage=float(data["shrinkage"]),
+                  num_train=int(data["num_train"]), num_validation=int(data["num_validation"]))
 
 
 def embedding_model(model):
