@@ -22,9 +22,11 @@ import collections
 import csv
 import io
 import json
+import re
 
 import apache_beam as beam
 
+from bone_age import age_groups
 from bone_age import errors
 from bone_age import provenance
 from batch_inference import overlays
@@ -62,20 +64,14 @@ _MONTHS_FIELDS = ("boneage_months", "chronological_age_months", "ba_minus_ca_mon
 
 
 def probability_columns(group_names: list[str]) -> list[str]:
-  """CSV columns of the group probabilities, named after the groups: '<113 mo' -> 'prob_under_113_months',
-  '113-150 mo' -> 'prob_113_to_150_months', '>=150 mo' -> 'prob_150_months_and_over' (as age_groups.group_slugs
-  names them)."""
-  columns = []
-  for name in group_names:
-    text = name.removesuffix(" mo").replace(".", "_")
-    if text.startswith("<"):
-      slug = f"under_{text[1:]}_months"
-    elif text.startswith(">="):
-      slug = f"{text[2:]}_months_and_over"
-    else:
-      slug = text.replace("-", "_to_") + "_months"
-    columns.append(f"prob_{slug}")
-  return columns
+  """CSV columns of the group probabilities, named as the evaluator names them: '<113 mo' ->
+  'prob_under_113_months', '113-150 mo' -> 'prob_113_to_150_months', '>=150 mo' -> 'prob_150_months_and_over';
+  other names as lower-case words ('Early puberty' -> 'prob_early_puberty')."""
+  try:
+    slugs = age_groups.group_slugs(age_groups.edges_from_names(group_names))
+  except ValueError:  # names an export chose itself: lower-case words joined by '_'
+    slugs = [re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") for name in group_names]
+  return [f"prob_{slug}" for slug in slugs]
 
 
 def csv_columns(group_names: list[str]) -> list[str]:

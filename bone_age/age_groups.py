@@ -47,6 +47,17 @@ def group_slugs(edges: Sequence[float]) -> list[str]:
   return slugs
 
 
+def edges_from_names(names: Sequence[str]) -> list[float]:
+  """The edges that group_names made these names from ('<113 mo', '113-150 mo', '>=150 mo' -> [113, 150]).
+
+  Exports record the group names; this lets readers of an export name the
+  probability columns with group_slugs, as the evaluator does.
+  """
+  if len(names) < 2 or not names[0].startswith("<") or not names[-1].startswith(">="):
+    raise ValueError(f"not age-group names made by group_names: {list(names)}")
+  return [float(names[0][1:].removesuffix(" mo"))] + [float(n.removesuffix(" mo").split("-")[1]) for n in names[1:-1]]
+
+
 def group_names(edges: Sequence[float]) -> list[str]:
   """Human names such as '<113 mo', '113-150 mo', '>=150 mo'."""
   fmt = lambda e: f"{e:g}"
